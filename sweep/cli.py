@@ -1,0 +1,63 @@
+"""``sweep`` command line: one subcommand per module, imported only when used.
+
+Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. A
+:class:`~sweep.errors.SweepError` anywhere becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from sweep.errors import SweepError
+
+# explicit registry: name -> (module, one-line help); modules are imported lazily so that
+# `sweep train` does not pay for importing Ray
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("sweep.commands.train", "train one model on a task sequence and print its accuracy matrix"),
+    "run": ("sweep.commands.run", "run a hyperparameter sweep (Ray Tune + Optuna) into results/<study>"),
+    "choose": ("sweep.analysis.choose_cli", "choose the production setting from a study under a constraint"),
+    "report": ("sweep.analysis.report_cli", "write a self-contained HTML report of a study"),
+    "clean": ("sweep.commands.clean", "remove checkpoints and caches of a study, keep its Parquet results"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with status 2 on usage errors already; keep its message to one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (all of them when None)."""
+    parser = _Parser(prog="sweep", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if command is None or name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except SweepError as err:
+        print(f"sweep {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sweep {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

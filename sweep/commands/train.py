@@ -1,0 +1,103 @@
+"""``sweep train``: one run of the sequential-task trainer, printed as an accuracy matrix and metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from sweep.commands._config_args import add_config_arguments, config_from_args
+from sweep.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    parser.add_argument("--json", action="store_true", help="print the matrices and metrics as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def format_matrix(R: np.ndarray, initial: np.ndarray, title: str) -> str:
+    """Rows: after training task t; columns: evaluated on task i; values in %."""
+    T = R.shape[0]
+    header = f"{title:<14}" + "".join(f"{'task ' + str(i + 1):>9}" for i in range(T))
+    lines = [header, f"{'untrained':<14}" + "".join(f"{100 * v:9.1f}" for v in initial)]
+    for t in range(T):
+        lines.append(f"{'after task ' + str(t + 1):<14}" + "".join(f"{100 * v:9.1f}" for v in R[t]))
+    return "\n".join(lines)
+
+
+class ProgressBar:
+    """A one-line bar on stderr; plain per-task lines when stderr is not a terminal."""
+
+    def __init__(self, num_tasks: int, enabled: bool) -> None:
+        self.num_tasks = num_tasks
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, task_index: int, step: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            filled = int(30 * step / max(total, 1))
+            bar = "#" * filled + "." * (30 - filled)
+            end = "\n" if step == total else ""
+            print(f"\rtask {task_index + 1}/{self.num_tasks} [{bar}] {step}/{total} steps", end=end, file=sys.stderr)
+        elif step == total:
+            print(f"task {task_index + 1}/{self.num_tasks}: {total} steps done", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sweep.benchmarks import build_benchmark
+    from sweep.trainer import run_config
+
+    config = config_from_args(args)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ConfigError(f"--device {args.device!r} is not a torch device; allowed e.g. cpu, cuda, cuda:0") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device!r}: CUDA is not available on this machine; use cpu")
+    benchmark = build_benchmark(
+        config.benchmark, config.scenario, config.num_tasks, config.class_order, config.data_root,
+        config.val_fraction,
+    )
+    progress = ProgressBar(benchmark.num_tasks, enabled=not args.no_progress)
+    result = run_config(config, benchmark, device=device, progress=progress)
+    if args.json:
+        payload = {
+            "config": config.to_dict(),
+            "status": result.status,
+            "reason": result.reason,
+            "accuracy": {"val": _nan_to_none(result.val), "test": _nan_to_none(result.test)},
+            "initial": {"val": _nan_to_none(result.initial_val), "test": _nan_to_none(result.initial_test)},
+            "metrics": {s: result.metrics(s) for s in ("val", "test")} if result.status == "finished" else None,
+            "stats": result.stats,
+            "duration_s": result.duration_s,
+        }
+        print(json.dumps(payload, indent=2, allow_nan=False))
+        return 0 if result.status == "finished" else 1
+    print(f"{config.strategy} on {config.benchmark} ({config.scenario}-incremental, {benchmark.num_tasks} tasks, "
+          f"{config.model}, seed {config.seed}), {result.duration_s:.1f}s")
+    print()
+    print(format_matrix(result.test, result.initial_test, "test acc %"))
+    print()
+    if result.status != "finished":
+        print(f"diverged: {result.reason}")
+        return 1
+    val, test = result.metrics("val"), result.metrics("test")
+    print(f"{'metric':<12}{'val':>9}{'test':>9}")
+    for name in val:
+        print(f"{name:<12}{100 * val[name]:9.1f}{100 * test[name]:9.1f}")
+    for name, value in result.stats.items():
+        print(f"{name}: {value:.4g}")
+    return 0
+
+
+def _nan_to_none(values: np.ndarray) -> list:
+    """JSON has no NaN: rows after a divergence become null."""
+    return np.where(np.isfinite(values), values, None).tolist()

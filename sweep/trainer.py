@@ -1,0 +1,249 @@
+"""The sequential-task trainer: one model, task after task, the full accuracy matrix.
+
+The trainer owns the optimizer and the step; a strategy only returns values from its hooks.
+Data never leaves the device: batches are index slices of whole-task tensors, evaluation
+counts correct predictions on the device and synchronises once per evaluation sweep.
+It knows nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sweep.config import TrainConfig
+from sweep.metrics import all_metrics
+from sweep.models import LayeredModel, build_model, layer_parameters
+from sweep.strategies import build_strategy
+from sweep.strategies.base import Batch, Strategy, TaskContext, TrainingData
+from sweep.tasks import Benchmark, Split, to_float
+
+EVAL_BATCH = 4096  # evaluation has no graph to keep, so large batches cost only activations
+DIVERGENCE_CHECK_EVERY = 50  # steps between host syncs for the NaN check (free on CPU, a sync on GPU)
+
+
+@dataclass
+class TaskReport:
+    """What a caller (the Ray trainable, a progress bar) sees after each task."""
+
+    task_index: int  # 0-based index of the task just trained
+    num_tasks: int
+    val: np.ndarray  # (T, T) accuracy matrix so far; rows after task_index are NaN
+    test: np.ndarray
+    initial_val: np.ndarray  # (T,) untrained model
+    initial_test: np.ndarray
+    seconds: float  # training + evaluation time of this task
+
+
+@dataclass
+class SequenceResult:
+    val: np.ndarray  # (T, T): R[t, i] on the validation split; NaN rows after a divergence
+    test: np.ndarray  # (T, T) on the test split
+    initial_val: np.ndarray  # (T,) accuracy of the untrained model, for FWT
+    initial_test: np.ndarray
+    status: str = "finished"  # "finished" or "diverged"
+    reason: str = ""
+    stats: dict[str, float] = field(default_factory=dict)  # e.g. fisher_mean, fisher_trace
+    duration_s: float = 0.0
+
+    def metrics(self, split: str = "val") -> dict[str, float]:
+        """Every metric of the finished matrix; raises if the run diverged (no full matrix)."""
+        if self.status != "finished":
+            raise ValueError(f"no metrics for a {self.status} run: {self.reason}")
+        if split == "val":
+            return all_metrics(self.val, self.initial_val)
+        return all_metrics(self.test, self.initial_test)
+
+
+def masked_logits(model: nn.Module, x: Tensor, task_ids: Tensor | None, masks: Tensor | None) -> Tensor:
+    """Forward pass; in task-incremental form, logits outside each sample's task are masked out."""
+    logits = model(x)  # (B, classes)
+    if masks is None or task_ids is None:
+        return logits
+    return logits.masked_fill(~masks[task_ids], torch.finfo(logits.dtype).min)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: Split, task_index: int, masks: Tensor | None, batch_size: int = EVAL_BATCH
+) -> Tensor:
+    """Accuracy of ``model`` on one split, as a 0-d tensor on the split's device (no host sync)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=split.y.device)
+    for start in range(0, len(split), batch_size):
+        x = to_float(split.x[start : start + batch_size])
+        y = split.y[start : start + batch_size]
+        logits = model(x)
+        if masks is not None:
+            logits = logits.masked_fill(~masks[task_index], torch.finfo(logits.dtype).min)
+        correct += (logits.argmax(dim=1) == y).sum()
+    model.train(was_training)
+    return correct.double() / max(len(split), 1)
+
+
+def evaluate_all(model: nn.Module, benchmark: Benchmark, masks: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """(val, test) accuracies of every task, one host sync for all of them."""
+    accs = [evaluate(model, getattr(task, split), t, masks) for split in ("val", "test") for t, task in
+            enumerate(benchmark.tasks)]
+    values = torch.stack(accs).cpu().numpy()
+    T = benchmark.num_tasks
+    return values[:T], values[T:]
+
+
+def _set_frozen(model: LayeredModel, k: int) -> list[nn.Parameter]:
+    """Freeze the first k parametrised layers; return the parameters left to train."""
+    trainable: list[nn.Parameter] = []
+    for index, params in enumerate(layer_parameters(model)):
+        for p in params:
+            p.requires_grad_(index >= k)
+            if index >= k:
+                trainable.append(p)
+    return trainable
+
+
+def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    # a fresh optimizer per task: frozen layers then hold no optimizer state and get no weight decay
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train_sequence(
+    benchmark: Benchmark,
+    model: LayeredModel,
+    strategy: Strategy,
+    config: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    callback: Callable[[TaskReport], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> SequenceResult:
+    """Train ``model`` on every task of ``benchmark`` in order with ``strategy``.
+
+    Args:
+        benchmark: the tasks; moved to ``device`` once (a no-op when they are already there).
+        model: a model listing its layers; trained in place.
+        strategy: the mitigation; its hooks are called around every task and step.
+        config: optimisation settings (optimizer, lr, epochs, batch_size, weight_decay, seed).
+        device: where the tensors live and the model runs.
+        callback: called after each task with the accuracy matrix so far.
+        progress: ``progress(task_index, step, steps_in_task)`` every few steps, for a progress bar.
+
+    Returns:
+        The validation and test accuracy matrices and the untrained model's accuracies; status
+        "diverged" (and NaN rows from that task on) if the loss stopped being finite.
+    """
+    started = time.perf_counter()
+    device = torch.device(device)
+    benchmark = benchmark.to(device)
+    model.to(device).train()
+    masks = benchmark.task_masks(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    T = benchmark.num_tasks
+    val = np.full((T, T), np.nan)
+    test = np.full((T, T), np.nan)
+    initial_val, initial_test = evaluate_all(model, benchmark, masks)
+
+    def logits_fn(x: Tensor, task_ids: Tensor | None) -> Tensor:
+        return masked_logits(model, x, task_ids, masks)
+
+    for t in range(T):
+        task_started = time.perf_counter()
+        ctx = TaskContext(t, benchmark, model, device, config.batch_size, generator, logits_fn)
+        strategy.before_task(ctx)
+        data = strategy.training_data(ctx) or ctx.task_training_data()
+        optimizer = _optimizer(config, _set_frozen(model, strategy.frozen_layers(t)))
+        ce_weight = strategy.ce_weight(t)
+        diverged = _train_task(model, optimizer, strategy, ctx, data, config, masks, ce_weight, progress)
+        if diverged:
+            _set_frozen(model, 0)
+            return SequenceResult(
+                val, test, initial_val, initial_test, status="diverged",
+                reason=f"loss became {diverged} on task {t + 1} (lr={config.lr:g})",
+                stats=strategy.stats(), duration_s=time.perf_counter() - started,
+            )
+        strategy.after_task(ctx)
+        val[t], test[t] = evaluate_all(model, benchmark, masks)
+        if callback is not None:
+            callback(TaskReport(t, T, val.copy(), test.copy(), initial_val, initial_test,
+                                time.perf_counter() - task_started))
+    _set_frozen(model, 0)
+    return SequenceResult(val, test, initial_val, initial_test, stats=strategy.stats(),
+                          duration_s=time.perf_counter() - started)
+
+
+def _train_task(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    strategy: Strategy,
+    ctx: TaskContext,
+    data: TrainingData,
+    config: TrainConfig,
+    masks: Tensor | None,
+    ce_weight: float,
+    progress: Callable[[int, int, int], None] | None,
+) -> str:
+    """Train one task; return "" or, if the loss stopped being finite, "nan"/"inf"."""
+    n = len(data.split)
+    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    finite = torch.ones((), dtype=torch.bool, device=ctx.device)
+    step = 0
+    for _ in range(config.epochs):
+        order = torch.randperm(n, generator=ctx.generator).to(ctx.device, non_blocking=True)
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            batch = Batch(
+                to_float(data.split.x[idx]), data.split.y[idx], None if data.task_ids is None else data.task_ids[idx]
+            )
+            batch = strategy.adjust_batch(ctx, batch)
+            raw = model(batch.x)  # (B, classes)
+            logits = raw if masks is None or batch.task_ids is None else raw.masked_fill(
+                ~masks[batch.task_ids], torch.finfo(raw.dtype).min
+            )
+            loss = F.cross_entropy(logits, batch.y)
+            if ce_weight != 1.0:
+                loss = ce_weight * loss
+            penalty = strategy.penalty(ctx, batch, raw)
+            if penalty is not None:
+                loss = loss + penalty
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            finite &= torch.isfinite(loss.detach())
+            step += 1
+            if step % DIVERGENCE_CHECK_EVERY == 0 or step == total:
+                if not bool(finite):
+                    return "nan" if torch.isnan(loss.detach()) else "inf"
+                if progress is not None:
+                    progress(ctx.task_index, step, total)
+    return ""
+
+
+def run_config(
+    config: TrainConfig,
+    benchmark: Benchmark | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    callback: Callable[[TaskReport], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> SequenceResult:
+    """Build the benchmark (unless given), a seeded model and the strategy, and train."""
+    if benchmark is None:
+        from sweep.benchmarks import build_benchmark
+
+        benchmark = build_benchmark(
+            config.benchmark, config.scenario, config.num_tasks, config.class_order, config.data_root,
+            config.val_fraction,
+        )
+    torch.manual_seed(config.seed)  # the model's initial weights depend on the seed only
+    model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden)
+    strategy = build_strategy(config, len(model.layers()))
+    return train_sequence(benchmark, model, strategy, config, device=device, callback=callback, progress=progress)
