@@ -21,12 +21,12 @@ from typing import Any
 import yaml
 
 from sweep.errors import ConfigError
+from sweep.tasks import SCENARIOS
 
 FISHER_ESTIMATORS = ("exact", "sampled", "empirical", "batched")
 EWC_MODES = ("separate", "online")
 OPTIMIZERS = ("adam", "sgd")
 MODELS = ("mlp", "cnn")
-SCENARIOS = ("class", "task", "domain")
 
 
 @dataclass(frozen=True)
