@@ -59,6 +59,7 @@ TRIALS_COLUMNS = (
     "fisher_mean",  # mean of the diagonal Fisher over parameters (NaN without EWC)
     "fisher_trace",  # sum of the diagonal Fisher
     "duration_s",
+    "node",  # the Ray node the trial ran on
     "finished_at",  # ISO 8601, UTC
     "code_version",
     "torch_version",

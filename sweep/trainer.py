@@ -9,7 +9,7 @@ It knows nothing of Ray.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,6 +140,29 @@ def train_sequence(
         The validation and test accuracy matrices and the untrained model's accuracies; status
         "diverged" (and NaN rows from that task on) if the loss stopped being finite.
     """
+    steps = iter_sequence(benchmark, model, strategy, config, device=device, progress=progress)
+    while True:
+        try:
+            report = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(report)
+
+
+def iter_sequence(
+    benchmark: Benchmark,
+    model: LayeredModel,
+    strategy: Strategy,
+    config: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int, int], None] | None = None,
+) -> Generator[TaskReport, None, SequenceResult]:
+    """:func:`train_sequence` as a generator: yields after each task, returns the result.
+
+    Lets a caller train several seeds in lockstep and report their mean after every task.
+    """
     started = time.perf_counter()
     device = torch.device(device)
     benchmark = benchmark.to(device)
@@ -171,9 +194,7 @@ def train_sequence(
             )
         strategy.after_task(ctx)
         val[t], test[t] = evaluate_all(model, benchmark, masks)
-        if callback is not None:
-            callback(TaskReport(t, T, val.copy(), test.copy(), initial_val, initial_test,
-                                time.perf_counter() - task_started))
+        yield TaskReport(t, T, val.copy(), test.copy(), initial_val, initial_test, time.perf_counter() - task_started)
     _set_frozen(model, 0)
     return SequenceResult(val, test, initial_val, initial_test, stats=strategy.stats(),
                           duration_s=time.perf_counter() - started)
@@ -227,6 +248,21 @@ def _train_task(
     return ""
 
 
+def build_run(config: TrainConfig, benchmark: Benchmark) -> tuple[LayeredModel, Strategy]:
+    """A seeded model and the strategy for ``config`` on ``benchmark``."""
+    torch.manual_seed(config.seed)  # the model's initial weights depend on the seed only
+    model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden)
+    return model, build_strategy(config, len(model.layers()))
+
+
+def load_benchmark(config: TrainConfig) -> Benchmark:
+    from sweep.benchmarks import build_benchmark
+
+    return build_benchmark(
+        config.benchmark, config.scenario, config.num_tasks, config.class_order, config.data_root, config.val_fraction
+    )
+
+
 def run_config(
     config: TrainConfig,
     benchmark: Benchmark | None = None,
@@ -236,14 +272,6 @@ def run_config(
     progress: Callable[[int, int, int], None] | None = None,
 ) -> SequenceResult:
     """Build the benchmark (unless given), a seeded model and the strategy, and train."""
-    if benchmark is None:
-        from sweep.benchmarks import build_benchmark
-
-        benchmark = build_benchmark(
-            config.benchmark, config.scenario, config.num_tasks, config.class_order, config.data_root,
-            config.val_fraction,
-        )
-    torch.manual_seed(config.seed)  # the model's initial weights depend on the seed only
-    model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden)
-    strategy = build_strategy(config, len(model.layers()))
+    benchmark = load_benchmark(config) if benchmark is None else benchmark
+    model, strategy = build_run(config, benchmark)
     return train_sequence(benchmark, model, strategy, config, device=device, callback=callback, progress=progress)

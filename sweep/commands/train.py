@@ -52,8 +52,7 @@ class ProgressBar:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from sweep.benchmarks import build_benchmark
-    from sweep.trainer import run_config
+    from sweep.trainer import load_benchmark, run_config
 
     config = config_from_args(args)
     try:
@@ -62,10 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--device {args.device!r} is not a torch device; allowed e.g. cpu, cuda, cuda:0") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device!r}: CUDA is not available on this machine; use cpu")
-    benchmark = build_benchmark(
-        config.benchmark, config.scenario, config.num_tasks, config.class_order, config.data_root,
-        config.val_fraction,
-    )
+    benchmark = load_benchmark(config)
     progress = ProgressBar(benchmark.num_tasks, enabled=not args.no_progress)
     result = run_config(config, benchmark, device=device, progress=progress)
     if args.json:

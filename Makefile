@@ -1,0 +1,54 @@
+# Main use: make sweep STRATEGY=ewc  ->  results/<study>/{trials,accuracy}.parquet + report.html
+PYTHON ?= python3
+STRATEGY ?= ewc
+BENCHMARK ?= split-digits
+SCENARIO ?= task
+TRIALS ?= 16
+SEEDS ?= 3
+EPOCHS ?=
+STUDY ?= $(STRATEGY)-$(BENCHMARK)-$(SCENARIO)
+RESULTS ?= results
+GPUS_PER_TRIAL ?= 0
+CPUS_PER_TRIAL ?= 1
+MAX_CONCURRENT ?=
+ADDRESS ?=
+SAMPLER ?= tpe
+RESUME ?=
+
+SWEEP_FLAGS = --strategy $(STRATEGY) --benchmark $(BENCHMARK) --scenario $(SCENARIO) --trials $(TRIALS) \
+	--seeds $(SEEDS) --study $(STUDY) --results $(RESULTS) --gpus-per-trial $(GPUS_PER_TRIAL) \
+	--cpus-per-trial $(CPUS_PER_TRIAL) --sampler $(SAMPLER) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(MAX_CONCURRENT),--max-concurrent $(MAX_CONCURRENT)) \
+	$(if $(ADDRESS),--address $(ADDRESS)) $(if $(RESUME),--resume)
+
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install quickstart sweep report test lint bench clean-study
+
+install:  ## torch first, from the pinned files pip resolves here, then the package and its dev tools
+	$(PYTHON) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+
+quickstart: install  ## the README's first command: install, then a short EWC sweep on offline split-digits
+	$(MAKE) sweep STRATEGY=ewc TRIALS=12 SEEDS=2 EPOCHS=5
+
+sweep:  ## search STRATEGY's space, then write the study's report with its Pareto front
+	$(PYTHON) -m sweep.cli run $(SWEEP_FLAGS)
+	$(PYTHON) -m sweep.cli report $(RESULTS)/$(STUDY)
+
+report:
+	$(PYTHON) -m sweep.cli report $(RESULTS)/$(STUDY)
+
+test:  ## the README's test command: lint, then the whole suite
+	$(PYTHON) -m ruff check sweep tests bench
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check sweep tests bench
+
+bench:  ## speed and memory as ratios measured in one run; writes bench/out/results.json
+	$(PYTHON) -m bench $(BENCH_FLAGS)
+
+clean-study:
+	$(PYTHON) -m sweep.cli clean $(RESULTS)/$(STUDY)

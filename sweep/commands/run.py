@@ -1,0 +1,91 @@
+"""``sweep run``: search a strategy's hyperparameters with Ray Tune + Optuna into ``results/<study>``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--strategy", default="ewc", help="strategy to sweep, e.g. ewc, distill, replay, ewc+replay (default: ewc)")
+    a("--space", dest="space_file", default=None, help="search-space YAML (default: search_spaces/<strategy>.yaml)")
+    a("--study", default=None, help="study name (default: <strategy>-<benchmark>-<scenario>)")
+    a("--results", dest="results_dir", default="results", help="results folder (default: results)")
+    a("--trials", type=_int("--trials"), default=16, help="search trials, references not counted (default: 16)")
+    a("--seeds", type=_int("--seeds"), default=3, help="seeds per trial (default: 3)")
+    a("--benchmark", default="split-digits", help="benchmark (default: split-digits, offline)")
+    a("--scenario", default="task", help="class, task or domain (default: task)")
+    a("--num-tasks", type=_int("--num-tasks"), default=None, help="number of tasks (default: the benchmark's)")
+    a("--data-root", default=None, help="data root in torchvision's layout (default: $SWEEP_DATA_ROOT or ./data)")
+    a("--model", default="mlp", help="mlp or cnn (default: mlp)")
+    a("--epochs", type=_int("--epochs"), default=None, help="epochs per task (default: the space's)")
+    a("--sampler", default="tpe", help="tpe or nsga2 (default: tpe)")
+    a("--objective", default="pareto",
+      help="pareto: maximise stability and plasticity; constrained: maximise stability s.t. plasticity")
+    a("--min-plasticity", type=_float("--min-plasticity"), default=0.95,
+      help="constrained objective: plasticity >= this fraction of naive's (default: 0.95)")
+    a("--sampler-seed", type=_int("--sampler-seed"), default=0, help="seed of the Optuna sampler (default: 0)")
+    a("--cpus-per-trial", type=_float("--cpus-per-trial"), default=1.0, help="CPUs per trial (default: 1)")
+    a("--gpus-per-trial", type=_float("--gpus-per-trial"), default=0.0,
+      help="GPUs per trial; fractional shares a GPU, e.g. 0.25 (default: 0)")
+    a("--max-concurrent", type=_int("--max-concurrent"), default=None, help="trials at once (default: as resources allow)")
+    a("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local one)")
+    a("--resume", action="store_true", help="continue an interrupted study: finished trials are not run again")
+    a("--no-references", dest="references", action="store_false", help="skip the naive and joint references")
+    a("--dashboard", action="store_true", help="start Ray's dashboard, on 127.0.0.1 only")
+    a("--quiet", action="store_true", help="no per-trial table")
+
+
+def _int(flag: str):  # noqa: ANN202 - argparse type factory
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+    return parse
+
+
+def _float(flag: str):  # noqa: ANN202
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
+    return parse
+
+
+def run(args: argparse.Namespace) -> int:
+    from sweep.runner import SweepOptions, print_summary, run_sweep
+
+    fields = SweepOptions.__dataclass_fields__
+    options = SweepOptions(**{k: v for k, v in vars(args).items() if k in fields})
+    interrupted = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        summary = run_sweep(options)
+    except KeyboardInterrupt:
+        summary = None
+        interrupted.append(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if summary is not None:
+        print_summary(summary)
+        if summary.complete:
+            return 0
+    resume = " ".join([sys.argv[0].rsplit("/", 1)[-1] if sys.argv[0].endswith("sweep") else "sweep", "run",
+                       *[a for a in sys.argv[2:] if a != "--resume"], "--resume"])
+    print(f"sweep run: interrupted before every trial finished; finished trials are saved. Resume with: {resume}",
+          file=sys.stderr)
+    return 130 if interrupted else 1
+
+
+

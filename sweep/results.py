@@ -1,0 +1,150 @@
+"""The study's Parquet files, written atomically as trials finish.
+
+``trials.parquet`` is the commit record: ``accuracy.parquet`` is written first, then
+``trials.parquet``, each through a temporary file and ``os.replace``. A kill at any point
+leaves both files readable; accuracy rows of a trial that never reached ``trials.parquet``
+are dropped on the next load, and a trial already recorded is never recorded twice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sweep.errors import ResultsError
+from sweep.schema import (
+    ACCURACY_COLUMNS,
+    HYPERPARAMETERS,
+    METRICS,
+    SCHEMA_VERSION,
+    SPLITS,
+    TRIALS_COLUMNS,
+    metric_column,
+)
+
+TRIALS_FILE = "trials.parquet"
+ACCURACY_FILE = "accuracy.parquet"
+
+_HP_TYPES = {
+    "lr": pa.float64(), "epochs": pa.int64(), "batch_size": pa.int64(), "optimizer": pa.string(),
+    "weight_decay": pa.float64(), "ewc_lambda": pa.float64(), "fisher": pa.string(),
+    "fisher_samples": pa.int64(), "ewc_mode": pa.string(), "ewc_gamma": pa.float64(),
+    "distill_temperature": pa.float64(), "distill_alpha": pa.float64(), "replay_size": pa.int64(),
+    "replay_ratio": pa.float64(), "l2sp_lambda": pa.float64(), "frozen_layers": pa.int64(),
+}
+assert set(_HP_TYPES) == set(HYPERPARAMETERS)
+
+_TRIALS_TYPES: dict[str, pa.DataType] = {
+    "study": pa.string(), "trial_id": pa.string(), "status": pa.string(), "reason": pa.string(),
+    "role": pa.string(), "strategy": pa.string(), "benchmark": pa.string(), "scenario": pa.string(),
+    "model": pa.string(), "num_tasks": pa.int64(),
+    **{f"hp_{k}": v for k, v in _HP_TYPES.items()},
+    "n_seeds": pa.int64(), "seeds": pa.string(),
+    **{metric_column(s, m, stat): pa.float64() for s in SPLITS for m in METRICS for stat in ("mean", "std")},
+    "fisher_mean": pa.float64(), "fisher_trace": pa.float64(), "duration_s": pa.float64(), "node": pa.string(),
+    "finished_at": pa.string(), "code_version": pa.string(), "torch_version": pa.string(),
+    "ray_version": pa.string(), "optuna_version": pa.string(), "schema_version": pa.int64(),
+}
+TRIALS_SCHEMA = pa.schema([(name, _TRIALS_TYPES[name]) for name in TRIALS_COLUMNS])
+ACCURACY_SCHEMA = pa.schema([
+    ("study", pa.string()), ("trial_id", pa.string()), ("seed", pa.int64()), ("split", pa.string()),
+    ("after_task", pa.int64()), ("eval_task", pa.int64()), ("accuracy", pa.float64()),
+])
+assert tuple(ACCURACY_SCHEMA.names) == ACCURACY_COLUMNS
+
+
+def atomic_write_table(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` so that a reader sees the old file or the new one, never a torn one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_table(path: Path, schema: pa.Schema) -> pa.Table:
+    """Read a study file, refusing a truncated file or one of another schema with one line."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ResultsError(f"{path} is not a readable Parquet file ({type(err).__name__}): truncated or corrupt") from None
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise ResultsError(f"{path} is from another schema: missing columns {', '.join(missing[:5])}"
+                           + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    if "schema_version" in schema.names and table.num_rows:
+        versions = set(table.column("schema_version").to_pylist())
+        if versions != {SCHEMA_VERSION}:
+            raise ResultsError(f"{path} has schema_version {sorted(versions)}; this version reads {SCHEMA_VERSION}")
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowException, ValueError) as err:
+        raise ResultsError(f"{path} has columns of the wrong type ({str(err).splitlines()[0][:120]})") from None
+
+
+def _clean(value: Any) -> Any:
+    """Parquet nulls for NaN, None and missing; plain Python scalars otherwise."""
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class StudyStore:
+    """Append-only, deduplicated view of one study's two Parquet files."""
+
+    def __init__(self, study_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(study_dir)
+        self.trials_path = self.dir / TRIALS_FILE
+        self.accuracy_path = self.dir / ACCURACY_FILE
+        self.trials: list[dict[str, Any]] = []
+        self.accuracy: list[dict[str, Any]] = []
+        if self.trials_path.exists():
+            self.trials = read_table(self.trials_path, TRIALS_SCHEMA).to_pylist()
+        recorded = {row["trial_id"] for row in self.trials}
+        if self.accuracy_path.exists():
+            rows = read_table(self.accuracy_path, ACCURACY_SCHEMA).to_pylist()
+            self.accuracy = [row for row in rows if row["trial_id"] in recorded]  # drop uncommitted rows
+
+    def trial_ids(self) -> set[str]:
+        return {row["trial_id"] for row in self.trials}
+
+    def has(self, trial_id: str) -> bool:
+        return any(row["trial_id"] == trial_id for row in self.trials)
+
+    def count(self, role: str | None = None) -> int:
+        return sum(1 for row in self.trials if role is None or row["role"] == role)
+
+    def add(self, trial: Mapping[str, Any], accuracy: Iterable[Mapping[str, Any]]) -> bool:
+        """Record one trial; False (and nothing written) if its trial_id is already recorded."""
+        if self.has(str(trial["trial_id"])):
+            return False
+        unknown = set(trial) - set(TRIALS_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown trial columns: {sorted(unknown)}")
+        row = {name: _clean(trial.get(name)) for name in TRIALS_COLUMNS}
+        row["schema_version"] = SCHEMA_VERSION
+        acc_rows = [{name: _clean(r.get(name)) for name in ACCURACY_COLUMNS} for r in accuracy]
+        new_accuracy = self.accuracy + acc_rows
+        new_trials = self.trials + [row]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_table(pa.Table.from_pylist(new_accuracy, schema=ACCURACY_SCHEMA), self.accuracy_path)
+        atomic_write_table(pa.Table.from_pylist(new_trials, schema=TRIALS_SCHEMA), self.trials_path)
+        self.accuracy, self.trials = new_accuracy, new_trials
+        return True

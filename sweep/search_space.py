@@ -1,0 +1,188 @@
+"""Search spaces: ``search_spaces/<strategy>.yaml`` -> Optuna distributions plus fixed settings.
+
+File layout::
+
+    strategy: ewc                  # the strategy this space searches ("ewc+replay" for a combination)
+    description: one line for people
+    fixed:                         # TrainConfig fields every trial shares
+      epochs: 1
+    params:                        # searched hyperparameters, each with its Optuna distribution
+      ewc_lambda: {type: float, low: 1.0, high: 1.0e+10, log: true}
+      fisher: {type: categorical, choices: [exact, empirical]}
+      frozen_layers: {type: int, low: 0, high: 1}
+
+Checked at load, each error one line naming the file and the key: unknown keys, wrong types
+(PyYAML reads ``1e-4`` as a string), ``low >= high``, ``log`` with ``low <= 0``, and parameters
+the strategy does not read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweep.config import TrainConfig
+from sweep.errors import ConfigError
+from sweep.strategies import parse_strategy, strategy_params
+
+# knobs every strategy has: the trainer's own, not a strategy's
+GENERAL_PARAMS = ("lr", "epochs", "batch_size", "optimizer", "weight_decay", "frozen_layers")
+# set per sweep on the command line, never searched or fixed in a space file
+SWEEP_LEVEL = ("benchmark", "scenario", "num_tasks", "class_order", "data_root", "seed", "strategy")
+TOP_KEYS = ("strategy", "description", "fixed", "params")
+DIST_KEYS = {"float": ("type", "low", "high", "log"), "int": ("type", "low", "high", "log", "step"),
+             "categorical": ("type", "choices")}
+
+DEFAULT_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # float | int | categorical
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: int = 1
+    choices: tuple[Any, ...] = ()
+
+    def to_optuna(self) -> Any:
+        import optuna.distributions as d
+
+        if self.kind == "float":
+            return d.FloatDistribution(float(self.low), float(self.high), log=self.log)
+        if self.kind == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log, step=self.step)
+        return d.CategoricalDistribution(list(self.choices))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    strategy: str
+    path: str
+    description: str = ""
+    fixed: dict[str, Any] = field(default_factory=dict)
+    params: tuple[Param, ...] = ()
+
+    def optuna_space(self) -> dict[str, Any]:
+        return {p.name: p.to_optuna() for p in self.params}
+
+    def allowed_params(self) -> tuple[str, ...]:
+        return (*GENERAL_PARAMS, *strategy_params(self.strategy))
+
+
+def space_path(strategy: str, spaces_dir: str | os.PathLike[str] | None = None) -> Path:
+    return Path(spaces_dir or DEFAULT_SPACES_DIR) / f"{strategy}.yaml"
+
+
+def load_space(path: str | os.PathLike[str]) -> SearchSpace:
+    """Load and check one search-space file; every problem is a one-line ConfigError."""
+    path = Path(path)
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise ConfigError(
+            f"search space {where} does not exist; available in {path.parent}: {', '.join(available) or 'none'}"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read search space {where}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(TOP_KEYS)}")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed: {', '.join(TOP_KEYS)}")
+    strategy = data.get("strategy")
+    if not isinstance(strategy, str):
+        raise ConfigError(f"{where}: strategy must be a string like 'ewc' or 'ewc+replay', got {strategy!r}")
+    try:
+        parse_strategy(strategy)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    allowed = (*GENERAL_PARAMS, *strategy_params(strategy))
+    fixed = data.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{where}: fixed must be a mapping of config keys, got {type(fixed).__name__}")
+    for key in fixed:
+        _check_param_name(where, "fixed", key, strategy, allowed)
+    TrainConfig.from_mapping({"strategy": strategy, **fixed}, source=f"{where}: fixed")
+    raw_params = data.get("params") or {}
+    if not isinstance(raw_params, dict):
+        raise ConfigError(f"{where}: params must be a mapping of name -> distribution")
+    params = tuple(_parse_param(where, name, spec, strategy, allowed) for name, spec in raw_params.items())
+    for name in raw_params:
+        if name in fixed:
+            raise ConfigError(f"{where}: {name} is both fixed and searched; keep one")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}: description must be a string")
+    return SearchSpace(strategy, where, description, dict(fixed), params)
+
+
+def _check_param_name(where: str, section: str, name: Any, strategy: str, allowed: tuple[str, ...]) -> None:
+    if name in SWEEP_LEVEL:
+        raise ConfigError(f"{where}: {section}.{name} is set per sweep on the command line, not in a space file")
+    if name not in TrainConfig.field_names():
+        raise ConfigError(f"{where}: {section}.{name} is not a config key; allowed: {', '.join(allowed)}")
+    if name not in allowed:
+        raise ConfigError(
+            f"{where}: {section}.{name} is not a parameter of strategy {strategy!r}; allowed: {', '.join(allowed)}"
+        )
+
+
+def _number(where: str, key: str, value: Any, integer: bool) -> float | int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not integer:
+        ok = ok or isinstance(value, float)
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        hint = " (YAML reads 1e-4 as a string: write 1.0e-4)" if isinstance(value, str) else ""
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{where}: {key} must be {kind}, got {value!r}{hint}")
+    return value
+
+
+def _parse_param(where: str, name: Any, spec: Any, strategy: str, allowed: tuple[str, ...]) -> Param:
+    _check_param_name(where, "params", name, strategy, allowed)
+    key = f"params.{name}"
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ConfigError(f"{where}: {key} must be a mapping with a type (float, int or categorical)")
+    kind = spec["type"]
+    if kind not in DIST_KEYS:
+        raise ConfigError(f"{where}: {key}.type {kind!r} is unknown; allowed: float, int, categorical")
+    for sub in spec:
+        if sub not in DIST_KEYS[kind]:
+            raise ConfigError(f"{where}: {key}: unknown key {sub!r} for a {kind}; allowed: {', '.join(DIST_KEYS[kind])}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: {key}.choices must be a non-empty list")
+        for choice in choices:  # every choice must be a valid config value
+            TrainConfig.from_mapping({"strategy": strategy, name: choice}, source=f"{where}: {key}.choices")
+        return Param(name, kind, choices=tuple(choices))
+    for sub in ("low", "high"):
+        if sub not in spec:
+            raise ConfigError(f"{where}: {key} needs {sub}")
+    integer = kind == "int"
+    low = _number(where, f"{key}.low", spec["low"], integer)
+    high = _number(where, f"{key}.high", spec["high"], integer)
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: {key}.log must be true or false, got {log!r}")
+    if low >= high:
+        raise ConfigError(f"{where}: {key}: low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: {key}: a log scale needs low > 0, got {low}")
+    step = spec.get("step", 1)
+    if integer and (not isinstance(step, int) or isinstance(step, bool) or step < 1):
+        raise ConfigError(f"{where}: {key}.step must be a positive integer, got {step!r}")
+    for bound in (low, high):  # both ends must be valid config values (e.g. alpha within [0, 1])
+        TrainConfig.from_mapping({"strategy": strategy, name: bound}, source=f"{where}: {key}")
+    return Param(name, kind, low, high, log, step)

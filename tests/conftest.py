@@ -1,0 +1,35 @@
+"""Shared fixtures: one Ray for the whole session, and the real-data root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Real MNIST / Fashion-MNIST: $SWEEP_DATA_ROOT (CI sets it), else ../shared/data."""
+    root = Path(os.environ.get("SWEEP_DATA_ROOT") or SHARED_DATA)
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real data not found at {root}; set SWEEP_DATA_ROOT")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it (init costs seconds; idle Ray ~650 MB)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=True,
+             logging_level="ERROR")
+    yield ray
+    ray.shutdown()

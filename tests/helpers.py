@@ -1,0 +1,77 @@
+"""Test helpers: run the real command, stop exactly the processes a test started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sweep_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sweep.cli", *args]
+
+
+def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(sweep_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
+                          env=cli_env())
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def start_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start the command in its own session, so everything it spawns (Ray too) can be stopped by session id."""
+    return subprocess.Popen(sweep_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=cwd or REPO, env=cli_env(), start_new_session=True)
+
+
+def session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, s, stat in (line.split() for line in out.splitlines())
+            if int(s) == sid and not stat.startswith("Z")]
+
+
+def stop_session(sid: int, timeout: float = 20) -> None:
+    """SIGKILL every live process of the session ``sid`` (the driver's pid), and wait until none is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"processes of session {sid} still alive: {session_pids(sid)}")
+
+
+def parquet_rows(path: Path) -> int:
+    try:
+        return pq.read_table(path).num_rows
+    except Exception:  # not there yet, or being replaced
+        return 0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return predicate()
+        time.sleep(0.1)
+    return False
