@@ -335,6 +335,7 @@ def _init_ray(o: SweepOptions) -> bool:
     if o.dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"  # never listen beyond this machine
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
         except Exception as err:  # ConnectionError, RuntimeError, ValueError across Ray versions
@@ -345,6 +346,19 @@ def _init_ray(o: SweepOptions) -> bool:
         return False
     ray.init(num_cpus=os.cpu_count(), **kwargs)
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes: ray.init retries an unreachable GCS for a long time."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r} must be host:port (or ray://host:port, or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise SweepError(f"cannot reach a Ray cluster at --address {address!r}: {err.strerror or err}") from None
 
 
 def run_sweep(o: SweepOptions) -> SweepSummary:

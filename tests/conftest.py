@@ -29,7 +29,7 @@ def ray_session():
     """One local Ray for every test that needs it (init costs seconds; idle Ray ~650 MB)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=True,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=True,
              logging_level="ERROR")
     yield ray
     ray.shutdown()
