@@ -27,6 +27,8 @@ FISHER_ESTIMATORS = ("exact", "sampled", "empirical", "batched")
 EWC_MODES = ("separate", "online")
 OPTIMIZERS = ("adam", "sgd")
 MODELS = ("mlp", "cnn")
+MAX_SEED = 2**32 - 1  # as build_benchmark's split_seed; beyond 2**64 - 1 torch raises a bare ValueError
+MAX_HIDDEN = 65536  # a sanity bound: far above any MNIST-scale MLP, far below an allocation failure
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class TrainConfig:
     # --- optimisation (the trainer owns the step)
     optimizer: str = "adam"
     lr: float = 1e-3  # Adam 1e-3 is the standard Split-MNIST setting
+    finetune_lr: float | None = None  # lr for tasks 2..T; None: lr. A lower one is itself a mitigation
     epochs: int = 1  # per task; 1 is enough to learn a Split-MNIST task to >95%
     batch_size: int = 64
     weight_decay: float = 0.0  # never applied to frozen layers (they leave the optimizer)
@@ -94,6 +97,10 @@ class TrainConfig:
             raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML file (not UTF-8 text)") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not a config file (nested too deeply to read)") from None
         if isinstance(data, dict) and "config" in data:
             data = data["config"]
         if not isinstance(data, dict):
@@ -161,15 +168,23 @@ def _validate(c: TrainConfig) -> None:
     _check(c.model in MODELS, f"model {c.model!r} is unknown; allowed: {', '.join(MODELS)}")
     _check(c.optimizer in OPTIMIZERS, f"optimizer {c.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
     _check(
-        c.num_tasks is None or c.num_tasks >= 2, f"num_tasks must be >= 2 (forgetting needs two tasks), got {c.num_tasks}"
+        c.num_tasks is None or c.num_tasks >= 2,
+        f"num_tasks must be >= 2 (forgetting needs two tasks), got {c.num_tasks}",
     )
     _check(0.0 < c.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {c.val_fraction}")
-    _check(all(h >= 1 for h in c.hidden) and len(c.hidden) >= 1, f"hidden sizes must be >= 1, got {list(c.hidden)}")
+    _check(
+        len(c.hidden) >= 1 and all(1 <= h <= MAX_HIDDEN for h in c.hidden),
+        f"hidden sizes must be in 1..{MAX_HIDDEN}, got {list(c.hidden)}",  # beyond: torch's allocation traceback
+    )
     _check(math.isfinite(c.lr) and c.lr > 0, f"lr must be > 0, got {c.lr}")
+    _check(
+        c.finetune_lr is None or (math.isfinite(c.finetune_lr) and c.finetune_lr > 0),
+        f"finetune_lr must be > 0, got {c.finetune_lr}",
+    )
     _check(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}")
     _check(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}")
-    _check(c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")
-    _check(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
+    _check(math.isfinite(c.weight_decay) and c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")
+    _check(0 <= c.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}, got {c.seed}")
     _check(math.isfinite(c.ewc_lambda) and c.ewc_lambda >= 0, f"ewc_lambda must be >= 0, got {c.ewc_lambda}")
     _check(c.fisher in FISHER_ESTIMATORS, f"fisher {c.fisher!r} is unknown; allowed: {', '.join(FISHER_ESTIMATORS)}")
     _check(c.fisher_samples is None or c.fisher_samples >= 1, f"fisher_samples must be >= 1, got {c.fisher_samples}")

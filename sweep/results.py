@@ -8,9 +8,12 @@ are dropped on the next load, and a trial already recorded is never recorded twi
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sweep.errors import ResultsError
+from sweep.errors import ResultsError, SweepError
 from sweep.schema import (
     ACCURACY_COLUMNS,
     HYPERPARAMETERS,
@@ -31,9 +34,10 @@ from sweep.schema import (
 
 TRIALS_FILE = "trials.parquet"
 ACCURACY_FILE = "accuracy.parquet"
+LOCK_FILE = ".lock"
 
 _HP_TYPES = {
-    "lr": pa.float64(), "epochs": pa.int64(), "batch_size": pa.int64(), "optimizer": pa.string(),
+    "lr": pa.float64(), "finetune_lr": pa.float64(), "epochs": pa.int64(), "batch_size": pa.int64(), "optimizer": pa.string(),
     "weight_decay": pa.float64(), "ewc_lambda": pa.float64(), "fisher": pa.string(),
     "fisher_samples": pa.int64(), "ewc_mode": pa.string(), "ewc_gamma": pa.float64(),
     "distill_temperature": pa.float64(), "distill_alpha": pa.float64(), "replay_size": pa.int64(),
@@ -60,6 +64,17 @@ ACCURACY_SCHEMA = pa.schema([
 assert tuple(ACCURACY_SCHEMA.names) == ACCURACY_COLUMNS
 
 
+# test-only fault injection (tests/test_faults.py): seconds to sleep inside / right after a write
+PAUSE_IN_WRITE_ENV = "SWEEP_TEST_PAUSE_IN_WRITE"  # temporary file written, not yet renamed: a torn-write window
+PAUSE_AFTER_WRITE_ENV = "SWEEP_TEST_PAUSE_AFTER_WRITE"  # trial committed, Optuna not yet told: between trials
+
+
+def _test_pause(variable: str) -> None:
+    seconds = os.environ.get(variable)
+    if seconds:
+        time.sleep(float(seconds))
+
+
 def atomic_write_table(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` so that a reader sees the old file or the new one, never a torn one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,10 +84,83 @@ def atomic_write_table(table: pa.Table, path: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+        _test_pause(PAUSE_IN_WRITE_ENV)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a power cut, not only a killed process
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- the study lock: one driver per study
+def acquire_study_lock(study_dir: str | os.PathLike[str]) -> int:
+    """Take ``<study>/.lock`` or refuse with a one-line :class:`SweepError` naming its holder.
+
+    An exclusive ``flock``, not a pid file: the kernel drops it when its holder dies, so a lock
+    left by a killed driver never blocks a resume, a reused pid never looks like a live driver,
+    and two drivers racing for a stale lock cannot both win. Returns the descriptor to release.
+    """
+    lock = Path(study_dir) / LOCK_FILE
+    for _ in range(10):
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: someone holds it
+            holder = _holder(fd)
+            os.close(fd)
+            raise SweepError(locked_message(study_dir, holder)) from None
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+            return fd
+        os.close(fd)  # its holder removed the file between our open and our lock: take the new one
+    raise SweepError(f"cannot take the lock {lock}: it keeps being replaced")
+
+
+def study_lock_holder(study_dir: str | os.PathLike[str]) -> str | None:
+    """Who holds the study's lock (``"process 123 on host"``), or None when no one does; takes nothing."""
+    try:
+        fd = os.open(Path(study_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file (or no folder): no driver
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _holder(fd)
+    finally:
+        os.close(fd)  # also drops the shared lock, if we got it
+    return None
+
+
+def locked_message(study_dir: str | os.PathLike[str], holder: str) -> str:
+    return (f"study {study_dir} is already being run by {holder}; wait for it to finish (or stop it), "
+            "then resume with --resume")
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+
+
+def release_study_lock(study_dir: str | os.PathLike[str], fd: int) -> None:
+    (Path(study_dir) / LOCK_FILE).unlink(missing_ok=True)  # while still held: no one can lock a stale inode
+    os.close(fd)
 
 
 def read_table(path: Path, schema: pa.Schema) -> pa.Table:
@@ -80,7 +168,8 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
-        raise ResultsError(f"{path} is not a readable Parquet file ({type(err).__name__}): truncated or corrupt") from None
+        raise ResultsError(f"{path} is not a readable Parquet file ({type(err).__name__}): "
+                           "truncated or corrupt") from None
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
         raise ResultsError(f"{path} is from another schema: missing columns {', '.join(missing[:5])}"
@@ -147,4 +236,5 @@ class StudyStore:
         atomic_write_table(pa.Table.from_pylist(new_accuracy, schema=ACCURACY_SCHEMA), self.accuracy_path)
         atomic_write_table(pa.Table.from_pylist(new_trials, schema=TRIALS_SCHEMA), self.trials_path)
         self.accuracy, self.trials = new_accuracy, new_trials
+        _test_pause(PAUSE_AFTER_WRITE_ENV)
         return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -24,7 +25,13 @@ from typing import Any
 
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError, SweepError
-from sweep.results import StudyStore
+from sweep.results import (
+    StudyStore,
+    acquire_study_lock,
+    locked_message,
+    release_study_lock,
+    study_lock_holder,
+)
 from sweep.schema import HYPERPARAMETERS, METRICS, SPLITS, metric_column
 from sweep.search_space import GENERAL_PARAMS, SearchSpace, load_space, space_path
 from sweep.strategies import strategy_params
@@ -33,7 +40,6 @@ from sweep.trainable import OBJECTIVES
 SAMPLERS = ("tpe", "nsga2")
 OBJECTIVE_MODES = ("pareto", "constrained")
 STUDY_META = "study.json"
-LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class SweepOptions:
     references: bool = True  # run naive and joint on the same seeds
     dashboard: bool = False  # Ray's dashboard, on 127.0.0.1 only
     quiet: bool = False
+    prefix_cache: bool = True  # share the state after task 1 between trials that agree on it
     extra: dict[str, Any] = field(default_factory=dict)  # more fixed TrainConfig fields (tests, API)
 
 
@@ -119,36 +126,6 @@ def _versions() -> dict[str, str]:
 
     return {"code_version": _code_version(), "torch_version": torch.__version__, "ray_version": ray.__version__,
             "optuna_version": optuna.__version__}
-
-
-# --- the study lock: one driver per study; a lock whose process is gone is stale
-def acquire_lock(study_dir: Path) -> Path:
-    lock = study_dir / LOCK_FILE
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = lock.read_text().strip() if lock.exists() else ""
-            host, _, pid = holder.partition(":")
-            if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
-                raise SweepError(f"study {study_dir} is already being run by process {pid}; wait for it or stop it")
-            lock.unlink(missing_ok=True)  # stale: its driver was killed
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(me)
-        return lock
-    raise SweepError(f"cannot take the lock {lock}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ResultSink:
@@ -367,6 +344,9 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet sink is the record
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C must stop the whole sweep: Tune's handler would end only the current fit(), which
+    # returns as if done, and the next phase (the search after the references) would start
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     validate_options(o)
     space = load_space(o.space_file or space_path(o.strategy))
     if space.strategy != o.strategy:
@@ -379,11 +359,15 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
             "space_sha256": hashlib.sha256(Path(space.path).read_bytes()).hexdigest(),
             "base_config": base, "seeds": list(range(o.seeds)), "objective": o.objective,
             "min_plasticity": o.min_plasticity, "sampler": o.sampler}
+    holder = study_lock_holder(study_dir)
+    if holder is not None:
+        raise SweepError(locked_message(study_dir, holder))
     exists = (study_dir / STUDY_META).exists()
     if exists and not o.resume:
         raise ConfigError(f"study {study_dir} already exists; pass --resume to continue it or choose another --study")
     if exists:
         _check_resume(study_dir, meta)
+        StudyStore(study_dir)  # a torn or foreign Parquet file is refused now, before Ray starts
     elif o.resume and study_dir.exists() and any(study_dir.iterdir()):
         raise ConfigError(f"{study_dir} holds files but no {STUDY_META}; it is not a study this tool can resume")
     _check_writable(results_dir)
@@ -397,17 +381,28 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     benchmark = build_benchmark(config0.benchmark, config0.scenario, config0.num_tasks, config0.class_order,
                                 config0.data_root, config0.val_fraction)
     n_layers = len(build_model(config0.model, benchmark.input_shape, benchmark.num_classes, config0.hidden).layers())
+    frozen = {"fixed.frozen_layers": base.get("frozen_layers", 0)}
     for p in space.params:
-        if p.name == "frozen_layers" and p.high is not None and int(p.high) >= n_layers:
-            raise ConfigError(f"{space.path}: params.frozen_layers.high={p.high} would freeze all {n_layers} layers "
+        if p.name == "frozen_layers":
+            frozen.update({"params.frozen_layers.high": p.high} if p.high is not None else
+                          {"params.frozen_layers.choices": max(p.choices)})
+    for where, value in frozen.items():
+        if value is not None and int(value) >= n_layers:
+            raise ConfigError(f"{space.path}: {where}={value} would freeze all {n_layers} layers "
                               f"of {config0.model}; allowed up to {n_layers - 1}")
 
-    created = not study_dir.exists()
+    created = False  # True while the folder is ours and not yet a study: removed again on failure
     started_ray = False
-    lock: Path | None = None
+    lock: int | None = None
     try:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        lock = acquire_lock(study_dir)
+        try:
+            study_dir.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            pass
+        lock = acquire_study_lock(study_dir)
+        for leftover in study_dir.glob(".*.parquet.*.tmp"):  # temporary files of a write a kill interrupted
+            leftover.unlink(missing_ok=True)
         started_ray = _init_ray(o)
         _check_resources(o)
         if not exists:
@@ -415,14 +410,44 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
         created = False  # from here on the folder is a real study and is kept
         return _run(o, space, base, study, study_dir, benchmark_to_arrays(benchmark), benchmark.num_tasks)
     finally:
-        if lock is not None:
-            lock.unlink(missing_ok=True)
-        if created:
+        if created and lock is not None:  # never another driver's folder: it would hold the lock
             shutil.rmtree(study_dir, ignore_errors=True)  # nothing half-made is left behind
+        if lock is not None:
+            release_study_lock(study_dir, lock)
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+# test-only fault injection (tests/test_faults.py), read on the driver and passed to trials in ``setup``
+PID_DIR_ENV = "SWEEP_TEST_PID_DIR"  # every trial start writes <pid>-<ns> there, holding its trial id
+RAISE_AT_LR_ENV = "SWEEP_TEST_RAISE_AT_LR"  # a search trial with this lr raises RuntimeError
+
+
+def _test_faults() -> dict[str, Any]:
+    faults: dict[str, Any] = {}
+    if os.environ.get(PID_DIR_ENV):
+        faults["pid_dir"] = os.environ[PID_DIR_ENV]
+    if os.environ.get(RAISE_AT_LR_ENV):
+        faults["raise_at_lr"] = float(os.environ[RAISE_AT_LR_ENV])
+    return faults
+
+
+def _faulty_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None,
+                      setup: dict[str, Any] | None = None) -> None:
+    """``tune_trainable`` behind the faults of ``setup["test_faults"]``."""
+    from sweep.trainable import tune_trainable
+
+    faults = (setup or {}).get("test_faults", {})
+    if faults.get("pid_dir"):  # one file per trial start (a retry is a new one), named by the process
+        from ray import tune
+
+        Path(faults["pid_dir"], f"{os.getpid()}-{time.time_ns()}").write_text(tune.get_context().get_trial_id())
+    lr = params.get("lr")
+    if "raise_at_lr" in faults and isinstance(lr, float) and math.isclose(lr, faults["raise_at_lr"]):
+        raise RuntimeError(f"injected fault: trial with lr={lr:g} raised")
+    tune_trainable(params, payload=payload, setup=setup)
 
 
 def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, study_dir: Path,
@@ -433,7 +458,11 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     store = StudyStore(study_dir)
     seeds = list(range(o.seeds))
     setup: dict[str, Any] = {"base_config": base, "seeds": seeds, "cpus_per_trial": o.cpus_per_trial,
-                             "num_tasks": num_tasks, "searched": [p.name for p in space.params]}
+                             "num_tasks": num_tasks, "searched": [p.name for p in space.params],
+                             "prefix_dir": str(study_dir / "cache") if o.prefix_cache else None}
+    faults = _test_faults()
+    if faults:
+        setup["test_faults"] = faults
     versions = _versions()
     payload_ref = ray.put(payload)  # once into the object store; every trial reads the same copy
     resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
@@ -442,8 +471,8 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
         from sweep.trainable import tune_trainable
 
         sink = ResultSink(store, study, versions, setup_, o.quiet)
-        trainable = tune.with_resources(tune.with_parameters(tune_trainable, payload=payload_ref, setup=setup_),
-                                        resources)
+        function = _faulty_trainable if faults else tune_trainable
+        trainable = tune.with_resources(tune.with_parameters(function, payload=payload_ref, setup=setup_), resources)
         run_config = tune.RunConfig(
             name=f"{name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S-%f')}",
             storage_path=str(study_dir / "ray"), callbacks=[sink.callback], verbose=0,
@@ -488,8 +517,10 @@ def summarize_study(study_dir: Path, target: int) -> SweepSummary:
 def _check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
     try:
         old = json.loads((study_dir / STUDY_META).read_text())
-    except (OSError, json.JSONDecodeError):
-        raise ConfigError(f"{study_dir / STUDY_META} is unreadable; cannot resume this study") from None
+    except (OSError, ValueError, RecursionError):  # ValueError: not JSON, not UTF-8
+        old = None
+    if not isinstance(old, dict):
+        raise ConfigError(f"{study_dir / STUDY_META} is unreadable; cannot resume this study")
     for key in ("strategy", "base_config", "seeds", "objective", "space_sha256"):
         if old.get(key) != json.loads(json.dumps(meta[key])):
             raise ConfigError(f"--resume: {key} differs from the study's ({old.get(key)!r}); "

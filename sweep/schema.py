@@ -17,6 +17,7 @@ ROLES = ("search", "naive", "joint")  # naive and joint are the references every
 # every hyperparameter a trial can carry; each becomes the column f"hp_{name}"
 HYPERPARAMETERS = (
     "lr",
+    "finetune_lr",
     "epochs",
     "batch_size",
     "optimizer",

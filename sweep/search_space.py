@@ -31,7 +31,7 @@ from sweep.errors import ConfigError
 from sweep.strategies import parse_strategy, strategy_params
 
 # knobs every strategy has: the trainer's own, not a strategy's
-GENERAL_PARAMS = ("lr", "epochs", "batch_size", "optimizer", "weight_decay", "frozen_layers")
+GENERAL_PARAMS = ("lr", "finetune_lr", "epochs", "batch_size", "optimizer", "weight_decay", "frozen_layers")
 # set per sweep on the command line, never searched or fixed in a space file
 SWEEP_LEVEL = ("benchmark", "scenario", "num_tasks", "class_order", "data_root", "seed", "strategy")
 TOP_KEYS = ("strategy", "description", "fixed", "params")
@@ -95,6 +95,10 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
         raise ConfigError(f"cannot read search space {where}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not a YAML file (not UTF-8 text)") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not a search space (nested too deeply to read)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(TOP_KEYS)}")
     for key in data:
@@ -155,11 +159,13 @@ def _parse_param(where: str, name: Any, spec: Any, strategy: str, allowed: tuple
     if not isinstance(spec, dict) or "type" not in spec:
         raise ConfigError(f"{where}: {key} must be a mapping with a type (float, int or categorical)")
     kind = spec["type"]
-    if kind not in DIST_KEYS:
+    if not isinstance(kind, str) or kind not in DIST_KEYS:
         raise ConfigError(f"{where}: {key}.type {kind!r} is unknown; allowed: float, int, categorical")
     for sub in spec:
         if sub not in DIST_KEYS[kind]:
-            raise ConfigError(f"{where}: {key}: unknown key {sub!r} for a {kind}; allowed: {', '.join(DIST_KEYS[kind])}")
+            raise ConfigError(
+                f"{where}: {key}: unknown key {sub!r} for a {kind}; allowed: {', '.join(DIST_KEYS[kind])}"
+            )
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -183,6 +189,8 @@ def _parse_param(where: str, name: Any, spec: Any, strategy: str, allowed: tuple
     step = spec.get("step", 1)
     if integer and (not isinstance(step, int) or isinstance(step, bool) or step < 1):
         raise ConfigError(f"{where}: {key}.step must be a positive integer, got {step!r}")
+    if log and step != 1:  # Optuna's IntDistribution refuses it, but only once the sweep has started
+        raise ConfigError(f"{where}: {key}: a log scale takes no step (got step {step})")
     for bound in (low, high):  # both ends must be valid config values (e.g. alpha within [0, 1])
         TrainConfig.from_mapping({"strategy": strategy, name: bound}, source=f"{where}: {key}")
     return Param(name, kind, low, high, log, step)

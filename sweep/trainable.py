@@ -17,6 +17,7 @@ import torch
 
 from sweep.config import TrainConfig
 from sweep.metrics import all_metrics
+from sweep.prefix_cache import PrefixCache, prefix_key
 from sweep.schema import METRICS, SPLITS, metric_column
 from sweep.tasks import Benchmark, Split, Task
 from sweep.trainer import TaskReport, build_run, iter_sequence
@@ -89,6 +90,7 @@ def run_trial(
     *,
     device: torch.device | None = None,
     objective: dict[str, float] | None = None,
+    prefix_dir: str | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` on every seed in lockstep, call ``report(metrics)`` after each task.
 
@@ -100,6 +102,7 @@ def run_trial(
         device: where to train; by default the trial's device.
         objective: for the single-objective mode, ``{"min_plasticity": p}``: ``objective`` is
             stability when plasticity >= p, else below every feasible value.
+        prefix_dir: a task-prefix cache folder shared by trials (None: no reuse).
 
     Returns:
         The final report, which also holds every seed's accuracy matrices.
@@ -111,7 +114,8 @@ def run_trial(
     for seed in seeds:
         seeded = config.replace(seed=seed)
         model, strategy = build_run(seeded, benchmark)
-        runs.append(iter_sequence(benchmark, model, strategy, seeded, device=device))
+        prefix = PrefixCache(prefix_dir, prefix_key(seeded, benchmark)) if prefix_dir else None
+        runs.append(iter_sequence(benchmark, model, strategy, seeded, device=device, prefix=prefix))
     T = benchmark.num_tasks
     last: list[TaskReport | None] = [None] * len(seeds)
     final: dict[str, Any] = {}
@@ -186,4 +190,5 @@ def tune_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None
     def report(metrics: dict[str, Any]) -> None:
         tune.report({**metrics, "node": node} if metrics.get("final") else metrics)
 
-    run_trial(config, benchmark, list(setup["seeds"]), report, objective=setup.get("objective"))
+    run_trial(config, benchmark, list(setup["seeds"]), report, objective=setup.get("objective"),
+              prefix_dir=setup.get("prefix_dir"))

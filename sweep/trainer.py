@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from sweep.config import TrainConfig
 from sweep.metrics import all_metrics
 from sweep.models import LayeredModel, build_model, layer_parameters
+from sweep.prefix_cache import PrefixCache
 from sweep.strategies import build_strategy
 from sweep.strategies.base import Batch, Strategy, TaskContext, TrainingData
 from sweep.tasks import Benchmark, Split, to_float
@@ -108,11 +109,11 @@ def _set_frozen(model: LayeredModel, k: int) -> list[nn.Parameter]:
     return trainable
 
 
-def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def _optimizer(config: TrainConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     # a fresh optimizer per task: frozen layers then hold no optimizer state and get no weight decay
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
 
 
 def train_sequence(
@@ -158,10 +159,13 @@ def iter_sequence(
     *,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int, int], None] | None = None,
+    prefix: PrefixCache | None = None,
 ) -> Generator[TaskReport, None, SequenceResult]:
     """:func:`train_sequence` as a generator: yields after each task, returns the result.
 
     Lets a caller train several seeds in lockstep and report their mean after every task.
+    With ``prefix``, the state after task 1 is loaded from that cache entry when present
+    (and saved to it when not): the rest of the run is identical either way.
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -177,23 +181,44 @@ def iter_sequence(
     def logits_fn(x: Tensor, task_ids: Tensor | None) -> Tensor:
         return masked_logits(model, x, task_ids, masks)
 
-    for t in range(T):
+    first = 0
+    cached = prefix.load() if prefix is not None else None
+    if cached is not None:
+        model.load_state_dict(cached["model"])
+        strategy.load_state_dict(cached["strategy"])
+        generator.set_state(cached["generator"])
+        initial_val, initial_test = cached["initial_val"].numpy(), cached["initial_test"].numpy()
+        val[0], test[0] = cached["val"].numpy(), cached["test"].numpy()
+        first = 1
+        yield TaskReport(0, T, val.copy(), test.copy(), initial_val, initial_test, 0.0)
+
+    for t in range(first, T):
         task_started = time.perf_counter()
         ctx = TaskContext(t, benchmark, model, device, config.batch_size, generator, logits_fn)
         strategy.before_task(ctx)
         data = strategy.training_data(ctx) or ctx.task_training_data()
-        optimizer = _optimizer(config, _set_frozen(model, strategy.frozen_layers(t)))
+        lr = config.lr if t == 0 or config.finetune_lr is None else config.finetune_lr
+        optimizer = _optimizer(config, _set_frozen(model, strategy.frozen_layers(t)), lr)
         ce_weight = strategy.ce_weight(t)
         diverged = _train_task(model, optimizer, strategy, ctx, data, config, masks, ce_weight, progress)
         if diverged:
             _set_frozen(model, 0)
             return SequenceResult(
                 val, test, initial_val, initial_test, status="diverged",
-                reason=f"loss became {diverged} on task {t + 1} (lr={config.lr:g})",
+                reason=f"loss became {diverged} on task {t + 1} (lr={lr:g})",
                 stats=strategy.stats(), duration_s=time.perf_counter() - started,
             )
         strategy.after_task(ctx)
         val[t], test[t] = evaluate_all(model, benchmark, masks)
+        if t == 0 and prefix is not None:
+            prefix.save({
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "strategy": {k: v.detach().cpu() if isinstance(v, Tensor) else v
+                             for k, v in strategy.state_dict().items()},
+                "generator": generator.get_state(),
+                "initial_val": torch.from_numpy(initial_val), "initial_test": torch.from_numpy(initial_test),
+                "val": torch.from_numpy(val[0].copy()), "test": torch.from_numpy(test[0].copy()),
+            })
         yield TaskReport(t, T, val.copy(), test.copy(), initial_val, initial_test, time.perf_counter() - task_started)
     _set_frozen(model, 0)
     return SequenceResult(val, test, initial_val, initial_test, stats=strategy.stats(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,22 +20,23 @@ def sweep_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "sweep.cli", *args]
 
 
-def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(sweep_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
-                          env=cli_env())
+                          env=cli_env(env))
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", **(extra or {}))
     env.pop("RAY_ADDRESS", None)
     return env
 
 
-def start_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+def start_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start the command in its own session, so everything it spawns (Ray too) can be stopped by session id."""
     return subprocess.Popen(sweep_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=cwd or REPO, env=cli_env(), start_new_session=True)
+                            cwd=cwd or REPO, env=cli_env(env), start_new_session=True)
 
 
 def session_pids(sid: int) -> list[int]:
@@ -51,10 +53,8 @@ def stop_session(sid: int, timeout: float = 20) -> None:
         if not pids:
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.2)
     raise AssertionError(f"processes of session {sid} still alive: {session_pids(sid)}")
 

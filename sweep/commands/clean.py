@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from sweep.errors import ResultsError
+from sweep.results import acquire_study_lock, release_study_lock
 
 REMOVABLE = ("ray", "cache", "checkpoints")  # folders inside a study that hold no results
 
@@ -23,15 +24,24 @@ def clean_study(study_dir: str | Path) -> list[Path]:
     study = Path(study_dir)
     if not (study / "trials.parquet").exists() and not (study / "study.json").exists():
         raise ResultsError(f"no study at {study}: expected {study / 'trials.parquet'}")
-    removed = []
-    for name in REMOVABLE:
-        target = study / name
-        if target.exists():
-            shutil.rmtree(target)
-            removed.append(target)
-    for tmp in study.glob(".*.tmp"):  # leftovers of writes a kill interrupted
-        tmp.unlink()
-        removed.append(tmp)
+    lock = acquire_study_lock(study)  # a running sweep's Tune folder and temporary files are not leftovers
+    try:
+        removed = []
+        for name in REMOVABLE:
+            target = study / name
+            if target.is_symlink() or target.is_file():  # a link is removed, never what it points to
+                target.unlink()
+                removed.append(target)
+            elif target.exists():
+                shutil.rmtree(target)
+                removed.append(target)
+        for tmp in study.glob(".*.tmp"):  # leftovers of writes a kill interrupted
+            tmp.unlink()
+            removed.append(tmp)
+    except OSError as err:
+        raise ResultsError(f"cannot clean {study}: {err.strerror or err} ({err.filename})") from None
+    finally:
+        release_study_lock(study, lock)
     return removed
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
-
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,12 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--cpus-per-trial", type=_float("--cpus-per-trial"), default=1.0, help="CPUs per trial (default: 1)")
     a("--gpus-per-trial", type=_float("--gpus-per-trial"), default=0.0,
       help="GPUs per trial; fractional shares a GPU, e.g. 0.25 (default: 0)")
-    a("--max-concurrent", type=_int("--max-concurrent"), default=None, help="trials at once (default: as resources allow)")
+    a("--max-concurrent", type=_int("--max-concurrent"), default=None,
+      help="trials at once (default: as resources allow)")
     a("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local one)")
     a("--resume", action="store_true", help="continue an interrupted study: finished trials are not run again")
     a("--no-references", dest="references", action="store_false", help="skip the naive and joint references")
     a("--dashboard", action="store_true", help="start Ray's dashboard, on 127.0.0.1 only")
     a("--quiet", action="store_true", help="no per-trial table")
+    a("--no-prefix-cache", dest="prefix_cache", action="store_false",
+      help="recompute the state after task 1 in every trial instead of sharing it")
 
 
 def _int(flag: str):  # noqa: ANN202 - argparse type factory
@@ -63,29 +65,32 @@ def run(args: argparse.Namespace) -> int:
 
     fields = SweepOptions.__dataclass_fields__
     options = SweepOptions(**{k: v for k, v in vars(args).items() if k in fields})
-    interrupted = []
+    interrupted: list[int] = []
 
-    def on_sigint(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         interrupted.append(signum)
-        raise KeyboardInterrupt
+        if len(interrupted) == 1:  # the first stops the sweep; later ones must not cut Ray's shutdown short
+            raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (kill, a job scheduler) is a Ctrl-C too: the finally blocks stop Ray and release the lock
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         summary = run_sweep(options)
     except KeyboardInterrupt:
         summary = None
         interrupted.append(signal.SIGINT)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if summary is not None:
         print_summary(summary)
         if summary.complete:
             return 0
-    resume = " ".join([sys.argv[0].rsplit("/", 1)[-1] if sys.argv[0].endswith("sweep") else "sweep", "run",
-                       *[a for a in sys.argv[2:] if a != "--resume"], "--resume"])
+    argv = sys.argv[sys.argv.index("run") + 1:] if "run" in sys.argv else []
+    resume = shlex.join(["sweep", "run", *[a for a in argv if a != "--resume"], "--resume"])
     print(f"sweep run: interrupted before every trial finished; finished trials are saved. Resume with: {resume}",
           file=sys.stderr)
-    return 130 if interrupted else 1
+    return 128 + interrupted[0] if interrupted else 1
 
 
 

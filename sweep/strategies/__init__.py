@@ -11,11 +11,23 @@ from torch import Tensor
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError
 from sweep.strategies.base import Batch, Strategy, TaskContext, TrainingData
+from sweep.strategies.distill import Distill
+from sweep.strategies.ewc import EWC
+from sweep.strategies.freeze import Freeze
+from sweep.strategies.joint import Joint
+from sweep.strategies.l2sp import L2SP
 from sweep.strategies.naive import Naive
+from sweep.strategies.replay import Replay
 
 # name -> class with ``from_config(config) -> Strategy``; filled explicitly, never by scanning modules
 STRATEGIES: dict[str, type[Strategy]] = {
     "naive": Naive,
+    "joint": Joint,
+    "ewc": EWC,
+    "distill": Distill,
+    "replay": Replay,
+    "l2sp": L2SP,
+    "freeze": Freeze,
 }
 
 # references: they stand alone, as the floor and the ceiling every study is compared with
@@ -73,6 +85,14 @@ class Composite(Strategy):
         for part in self.parts:
             merged.update(part.stats())
         return merged
+
+    def state_dict(self) -> dict[str, Tensor | float | int]:
+        return {f"{part.name}.{key}": value for part in self.parts for key, value in part.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor | float | int]) -> None:
+        for part in self.parts:
+            prefix = f"{part.name}."
+            part.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
 
 
 def parse_strategy(spec: str) -> tuple[str, ...]:

@@ -61,6 +61,8 @@ class Strategy:
 
     name: ClassVar[str] = "naive"
     params: ClassVar[tuple[str, ...]] = ()  # TrainConfig fields this strategy reads (for search spaces)
+    # of those, the fields provably unused until task 2: trials differing only in them share task 1
+    prefix_free: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> Strategy:
@@ -96,3 +98,11 @@ class Strategy:
     def stats(self) -> dict[str, float]:
         """Numbers reported with the results, e.g. the Fisher's mean and trace."""
         return {}
+
+    def state_dict(self) -> dict[str, Tensor | float | int]:
+        """The state built after a task (Fisher and θ*, teacher weights, replay indices), to resume
+        from; never training samples."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor | float | int]) -> None:
+        """Restore what :meth:`state_dict` returned."""

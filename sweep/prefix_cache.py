@@ -1,0 +1,83 @@
+"""Task-prefix reuse: trials that agree on everything that decides the state after task 1
+share one computation of it (the task-1 model, its evaluations, the strategy's state such as
+the Fisher, and the random generator's state).
+
+The key is a hash of every config field *except* those a strategy provably reads only from
+task 2 on (EWC's λ, distillation's T and α, replay's ratio, L2-SP's λ, the frozen-layer count,
+the fine-tuning learning rate), plus the benchmark's identity and the code and torch versions.
+Anything not listed as irrelevant is in the key. Entries hold tensors and numbers only (replay
+keeps sample *indices*, never samples), are written atomically, and are read with
+``torch.load(weights_only=True)``. Concurrent trials racing for one entry both compute it and
+the last rename wins; the two are identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sweep.config import TrainConfig
+from sweep.tasks import Benchmark
+
+# TrainConfig fields the trainer itself reads only from task 2 on
+TRAINER_PREFIX_FREE = ("finetune_lr", "frozen_layers")
+
+
+def prefix_free_fields(strategy_spec: str) -> set[str]:
+    """Fields that cannot change the state after task 1, for this (composite) strategy."""
+    from sweep.strategies import STRATEGIES, parse_strategy
+
+    free = set(TRAINER_PREFIX_FREE)
+    for name in parse_strategy(strategy_spec):
+        free |= set(getattr(STRATEGIES[name], "prefix_free", ()))
+    return free
+
+
+def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:
+    from sweep import __version__
+
+    free = prefix_free_fields(config.strategy)
+    fields = {k: v for k, v in config.to_dict().items() if k not in free}
+    identity = {
+        "config": fields,
+        "benchmark": {"name": benchmark.name, "scenario": benchmark.scenario, "num_classes": benchmark.num_classes,
+                      "input_shape": list(benchmark.input_shape), "sizes": [[len(t.train), len(t.val), len(t.test)]
+                                                                            for t in benchmark.tasks],
+                      "info": {k: v for k, v in benchmark.info.items() if k != "data_root"}},
+        "versions": [__version__, torch.__version__],
+    }
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+class PrefixCache:
+    """One entry: the state after task 1 for one key, in ``<directory>/<key>.pt``."""
+
+    def __init__(self, directory: str | os.PathLike[str], key: str) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / f"{key}.pt"
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a corrupt entry is recomputed, never trusted
+            return None
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(state, handle)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

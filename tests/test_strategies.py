@@ -1,0 +1,244 @@
+"""Contract test over every registered strategy (and a few combinations) on split-digits.
+
+A new entry in STRATEGIES is tested here without anyone writing a new test; it only needs its
+no-op setting in NEUTRAL and, if it penalises, a place in PENALISED.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sweep.benchmarks import build_benchmark
+from sweep.config import TrainConfig
+from sweep.errors import ConfigError
+from sweep.models import build_model, layer_parameters
+from sweep.strategies import STRATEGIES, build_strategy, parse_strategy
+from sweep.strategies.base import Batch, Strategy, TaskContext
+from sweep.strategies.ewc import EWC
+from sweep.strategies.replay import Replay, balanced_quotas
+from sweep.tasks import Benchmark, to_float
+from sweep.trainer import SequenceResult, masked_logits, train_sequence
+
+COMBOS = ("ewc+replay+freeze", "distill+replay", "ewc+l2sp")
+SPECS = (*STRATEGIES, *COMBOS)
+SCENARIOS = ("task", "class")
+PENALISED = {"ewc", "l2sp", "distill"}  # components whose penalty() must be a finite loss with gradients
+# a setting that makes each component active, and one that must make it naive, bit for bit
+ACTIVE = {"ewc": {"ewc_lambda": 100.0}, "distill": {"distill_alpha": 0.5}, "replay": {"replay_size": 60},
+          "l2sp": {"l2sp_lambda": 1.0}, "freeze": {"frozen_layers": 1}}
+NEUTRAL = {"ewc": {"ewc_lambda": 0.0}, "distill": {"distill_alpha": 1.0}, "replay": {"replay_size": 0},
+           "l2sp": {"l2sp_lambda": 0.0}, "freeze": {"frozen_layers": 0}, "naive": {}}
+BASE = {"hidden": (32, 32), "epochs": 2, "batch_size": 32}  # split-digits: ~650 images per task, 0.1 s a run
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, Benchmark]:
+    return {scenario: build_benchmark("split-digits", scenario) for scenario in SCENARIOS}
+
+
+def config_for(spec: str, scenario: str, settings: dict, **extra) -> TrainConfig:
+    overrides = {k: v for name in parse_strategy(spec) for k, v in settings.get(name, {}).items()}
+    return TrainConfig(strategy=spec, scenario=scenario, **{**BASE, **overrides, **extra})
+
+
+def run(config: TrainConfig, benchmark: Benchmark, **hooks) -> tuple[SequenceResult, nn.Module, Strategy]:
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden)
+    strategy = build_strategy(config, len(model.layers()))
+    return train_sequence(benchmark, model, strategy, config, **hooks), model, strategy
+
+
+def context(benchmark: Benchmark, model: nn.Module, task_index: int) -> tuple[TaskContext, Batch]:
+    """A context and a batch of ``task_index``'s training data, with a generator of its own."""
+    masks = benchmark.task_masks()
+    ctx = TaskContext(task_index, benchmark, model, torch.device("cpu"), 32, torch.Generator().manual_seed(1),
+                      lambda x, ids: masked_logits(model, x, ids, masks))
+    data = ctx.task_training_data()
+    ids = None if data.task_ids is None else data.task_ids[:32]
+    return ctx, Batch(to_float(data.split.x[:32]), data.split.y[:32], ids)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("spec", SPECS)
+def test_strategy_runs_and_its_penalty_has_gradients(spec: str, scenario: str, digits):
+    benchmark = digits[scenario]
+    config = config_for(spec, scenario, ACTIVE)
+    checked = []
+
+    def at_end_of_task_2(task_index: int, step: int, total: int) -> None:
+        if task_index != 1 or step != total:
+            return
+        ctx, batch = context(benchmark, model, 1)  # the weights have moved away from θ* by now
+        penalty = strategy.penalty(ctx, batch, model(batch.x))
+        if not PENALISED & set(parse_strategy(spec)):
+            assert penalty is None
+        else:
+            assert penalty is not None and penalty.ndim == 0 and torch.isfinite(penalty) and penalty > 0
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(penalty, trainable, allow_unused=True)
+            assert all(g is None or torch.isfinite(g).all() for g in grads)
+            assert any(g is not None and g.abs().sum() > 0 for g in grads)
+        checked.append(True)
+
+    torch.manual_seed(0)
+    model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden)
+    strategy = build_strategy(config, len(model.layers()))
+    result = train_sequence(benchmark, model, strategy, config, progress=at_end_of_task_2)
+    assert checked and result.status == "finished"
+    assert np.isfinite(result.val).all() and np.isfinite(result.test).all()
+    assert result.val[0, 0] > 0.5  # task 1 was learned
+    if "ewc" in spec:
+        assert result.stats["fisher_trace"] > 0 and math.isfinite(result.stats["fisher_mean"])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("spec", [s for s in SPECS if "joint" not in s])
+def test_neutral_setting_reproduces_naive_exactly(spec: str, scenario: str, digits):
+    naive, naive_model, _ = run(config_for("naive", scenario, {}), digits[scenario])
+    result, model, _ = run(config_for(spec, scenario, NEUTRAL), digits[scenario])
+    assert np.array_equal(result.val, naive.val) and np.array_equal(result.test, naive.test)
+    for (name, p), q in zip(model.state_dict().items(), naive_model.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def _snapshot(model: nn.Module) -> list[list[torch.Tensor]]:
+    return [[p.detach().clone() for p in layer] for layer in layer_parameters(model)]
+
+
+@pytest.mark.parametrize("spec", ["freeze", "ewc+replay+freeze", "distill"])
+def test_frozen_layers_are_bit_for_bit_unchanged_after_task_2(spec: str, digits):
+    config = config_for(spec, "task", ACTIVE, frozen_layers=2, weight_decay=0.1, optimizer="adam")
+    benchmark = digits["task"]
+    torch.manual_seed(0)
+    model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden)
+    strategy = build_strategy(config, len(model.layers()))
+    snapshots = []
+    train_sequence(benchmark, model, strategy, config, callback=lambda report: snapshots.append(_snapshot(model)))
+    after_task_1, after_task_2 = snapshots
+    for layer, (before, after) in enumerate(zip(after_task_1, after_task_2)):
+        same = all(torch.equal(b, a) for b, a in zip(before, after))
+        assert same == (layer < 2), f"layer {layer}: frozen={layer < 2}, unchanged={same}"
+
+
+@pytest.mark.parametrize(
+    ("spec", "extra", "needle"),
+    [
+        ("naive+ewc", {}, "reference"),
+        ("joint+replay", {}, "reference"),
+        ("ewc+bogus", {}, "unknown"),
+        ("ewc+ewc", {}, "twice"),
+        ("ewc", {"frozen_layers": 3}, "frozen_layers=3"),
+        ("joint", {"frozen_layers": 1}, "joint"),
+    ],
+)
+def test_bad_composition_is_a_one_line_config_error(spec: str, extra: dict, needle: str):
+    with pytest.raises(ConfigError) as err:
+        build_strategy(TrainConfig(strategy=spec, **extra), num_layers=3)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_state_dict_round_trips_and_holds_no_samples(spec: str, digits):
+    benchmark = digits["task"]
+    config = config_for(spec, "task", ACTIVE)
+    _, model, strategy = run(config, benchmark)
+    state = strategy.state_dict()
+    assert all(isinstance(v, (torch.Tensor, float, int)) for v in state.values())
+    image_shape = tuple(benchmark.input_shape)
+    assert not any(isinstance(v, torch.Tensor) and tuple(v.shape[1:]) == image_shape for v in state.values())
+    restored = build_strategy(config, len(model.layers()))
+    restored.load_state_dict(state)
+    again = restored.state_dict()
+    assert again.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(again[key], value) if isinstance(value, torch.Tensor) else again[key] == value, key
+    ctx, batch = context(benchmark, model, 1)
+    with torch.no_grad():
+        model.hidden[0].weight.add_(0.01)  # away from θ*, so the penalties are not zero
+        raw = model(batch.x)
+        want, got = strategy.penalty(ctx, batch, raw), restored.penalty(ctx, batch, raw)
+    assert (want is None and got is None) or torch.equal(want, got)
+
+
+def test_separate_ewc_is_the_sum_of_per_task_penalties_and_online_decays():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    names = [n for n, _ in model.named_parameters()]
+    tasks = [({n: torch.rand_like(p) for n, p in model.named_parameters()},
+              {n: torch.randn_like(p) for n, p in model.named_parameters()}) for _ in range(3)]
+    tasks[1][0]["bias"][0] = 0.0  # an element only some tasks constrain
+    ctx = SimpleNamespace(model=model)
+    separate, online = EWC(ewc_lambda=3.0), EWC(ewc_lambda=3.0, ewc_mode="online", ewc_gamma=0.5)
+    for fisher, theta in tasks:
+        separate.consolidate(fisher, theta)
+        online.consolidate(fisher, theta)
+    params = dict(model.named_parameters())
+    want = 1.5 * sum((f[n] * (params[n] - th[n]).square()).sum() for f, th in tasks for n in names)
+    got = separate.penalty(ctx, None, None)  # type: ignore[arg-type]
+    assert torch.allclose(got, want, rtol=1e-5)
+    online_fisher = {n: 0.25 * tasks[0][0][n] + 0.5 * tasks[1][0][n] + tasks[2][0][n] for n in names}
+    want_online = 1.5 * sum((online_fisher[n] * (params[n] - tasks[2][1][n]).square()).sum() for n in names)
+    assert torch.allclose(online.penalty(ctx, None, None), want_online, rtol=1e-5)  # type: ignore[arg-type]
+    trace = sum(float(f[n].sum()) for f, _ in tasks for n in names)
+    assert separate.stats()["fisher_trace"] == pytest.approx(trace)
+    assert separate.stats()["fisher_mean"] == pytest.approx(trace / sum(p.numel() for p in model.parameters()))
+
+
+def test_balanced_quotas_share_fairly():
+    assert balanced_quotas([200, 200, 200], 500) == [166, 167, 167]
+    assert balanced_quotas([10, 300, 300], 500) == [10, 245, 245]  # a small class keeps all it has
+    assert balanced_quotas([3, 4], 500) == [3, 4]
+    assert balanced_quotas([50] * 10, 0) == [0] * 10
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_replay_buffer_is_class_balanced_indices_and_batches_carry_task_ids(scenario: str, digits):
+    benchmark = digits[scenario]
+    replay = Replay(replay_size=100, replay_ratio=0.5)
+    model = build_model("mlp", benchmark.input_shape, benchmark.num_classes, (8,))
+    for t in range(2):
+        ctx, batch = context(benchmark, model, t)
+        replay.after_task(ctx)
+        assert replay.task_index.dtype == replay.sample_index.dtype == torch.long
+        labels = torch.cat([benchmark.tasks[int(k)].train.y[i : i + 1] for k, i in
+                            zip(replay.task_index, replay.sample_index)])
+        counts = torch.bincount(labels, minlength=benchmark.num_classes)
+        seen = [c for task in benchmark.tasks[: t + 1] for c in task.classes]
+        assert len(replay.sample_index) == 100 and counts[seen].min() >= 100 // len(seen)
+    mixed = replay.adjust_batch(ctx, batch)
+    assert len(mixed.y) == 64  # 32 new + round(32 * 0.5 / 0.5) replayed
+    assert torch.equal(mixed.x[:32], batch.x)
+    if scenario == "task":
+        assert mixed.task_ids is not None and set(mixed.task_ids[32:].tolist()) <= {0, 1}
+        for y, t in zip(mixed.y[32:], mixed.task_ids[32:]):
+            assert y.item() in benchmark.tasks[int(t)].classes  # labels and task ids travel together
+    else:
+        assert mixed.task_ids is None
+
+
+def test_distillation_weights_ce_from_task_2_and_is_zero_for_an_identical_student(digits):
+    benchmark = digits["class"]
+    strategy = STRATEGIES["distill"].from_config(TrainConfig(distill_alpha=0.3, distill_temperature=2.0))
+    model = build_model("mlp", benchmark.input_shape, benchmark.num_classes, (8,))
+    ctx, batch = context(benchmark, model, 0)
+    strategy.after_task(ctx)
+    assert strategy.ce_weight(0) == 1.0 and strategy.ce_weight(1) == pytest.approx(0.3)
+    ctx, batch = context(benchmark, model, 1)
+    assert strategy.penalty(ctx, batch, model(batch.x)).abs() < 1e-6  # the student still is the teacher
+    assert strategy.known.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_joint_trains_on_every_task_seen_so_far(digits):
+    benchmark = digits["task"]
+    joint = STRATEGIES["joint"]()
+    model = build_model("mlp", benchmark.input_shape, benchmark.num_classes, (8,))
+    assert joint.training_data(context(benchmark, model, 0)[0]) is None  # task 1: naive
+    data = joint.training_data(context(benchmark, model, 1)[0])
+    sizes = [len(task.train) for task in benchmark.tasks]
+    assert len(data.split) == sum(sizes) and data.task_ids.tolist() == [0] * sizes[0] + [1] * sizes[1]
