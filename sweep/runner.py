@@ -93,6 +93,8 @@ def validate_options(o: SweepOptions) -> None:
         raise ConfigError(f"--epochs must be >= 1, got {o.epochs}")
     if o.study is not None and (not o.study or "/" in o.study or o.study.startswith(".")):
         raise ConfigError(f"--study {o.study!r} must be a plain folder name")
+    if o.address:
+        _address_host_port(o.address)  # its form now; whether it answers once the study is locked
 
 
 def base_config(o: SweepOptions, space: SearchSpace) -> dict[str, Any]:
@@ -325,15 +327,24 @@ def _init_ray(o: SweepOptions) -> bool:
     return True
 
 
-def _check_reachable(address: str) -> None:
-    """Fail in seconds, not minutes: ray.init retries an unreachable GCS for a long time."""
+def _address_host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``--address``; None for auto/local."""
     if address in ("auto", "local"):
-        return
+        return None
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--address {address!r} must be host:port (or ray://host:port, or auto)")
+    return host, int(port)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes: ray.init retries an unreachable GCS for a long time."""
+    host_port = _address_host_port(address)
+    if host_port is None:
+        return
+    host, port = host_port
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError as err:
         raise SweepError(f"cannot reach a Ray cluster at --address {address!r}: {err.strerror or err}") from None
 
@@ -467,10 +478,11 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     payload_ref = ray.put(payload)  # once into the object store; every trial reads the same copy
     resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
 
+    sink = ResultSink(store, study, versions, setup, o.quiet)  # one sink: one table, one header
+
     def tuner_for(name: str, setup_: dict[str, Any], **tune_kwargs: Any) -> Any:
         from sweep.trainable import tune_trainable
 
-        sink = ResultSink(store, study, versions, setup_, o.quiet)
         function = _faulty_trainable if faults else tune_trainable
         trainable = tune.with_resources(tune.with_parameters(function, payload=payload_ref, setup=setup_), resources)
         run_config = tune.RunConfig(
