@@ -165,3 +165,26 @@ def test_existing_study_needs_resume(ray_session, tmp_path: Path):
     summary = run_sweep(SweepOptions(**{**options.__dict__, "resume": True}))
     assert summary.counts["finished"] == 1
     assert len(pq.read_table(tmp_path / "again" / "trials.parquet")) == 1
+
+
+@pytest.mark.ray
+def test_constrained_single_objective_with_nsga2(ray_session, tmp_path: Path):
+    """One number for users who want one: stability subject to plasticity >= 90% of naive's."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    summary = run_sweep(SweepOptions(strategy="l2sp", trials=3, seeds=1, epochs=2, results_dir=str(tmp_path),
+                                     study="one", objective="constrained", min_plasticity=0.9, sampler="nsga2",
+                                     quiet=True))
+    assert summary.complete and summary.counts["finished"] == 5
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "one" / "optuna.journal")))
+    study = optuna.load_study(study_name="one", storage=storage)
+    assert len(study.directions) == 1 and isinstance(study.sampler, optuna.samplers.BaseSampler)
+    df = pq.read_table(tmp_path / "one" / "trials.parquet").to_pandas()
+    naive_plasticity = df[df.role == "naive"].val_plasticity_mean.item()
+    for trial in study.trials:
+        row = df[df.trial_id == trial.user_attrs["tune_trial_id"]].iloc[0]
+        feasible = row.val_plasticity_mean >= 0.9 * naive_plasticity
+        # feasible trials score their stability; infeasible ones score below every feasible one
+        assert trial.value == pytest.approx(row.val_stability_mean) if feasible else trial.value < -1
