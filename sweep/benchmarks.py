@@ -1,4 +1,4 @@
-"""Benchmarks: task sequences built from MNIST-like data or scikit-learn's 8x8 digits.
+"""Benchmarks: task sequences built from MNIST-like data, CIFAR-10 or scikit-learn's 8x8 digits.
 
 Every task keeps its own ``uint8`` copy of its images, shape (N, 1, H, W), with int64 targets
 already remapped for the scenario (see :mod:`sweep.tasks`):
@@ -16,15 +16,19 @@ Validation is carved per class from the training data with a fixed seed (``split
 whole training set, so a given image is in validation or not regardless of ``num_tasks``,
 ``class_order`` or scenario. MNIST and Fashion-MNIST are read from a data root in torchvision's
 raw layout (``<root>/MNIST/raw/train-images-idx3-ubyte[.gz]``), downloaded with torchvision when
-missing and online, and never replaced by anything else.
+missing and online, and never replaced by anything else. CIFAR-10 is read from torchvision's
+``<root>/cifar-10-batches-py/`` (unpickled with numpy arrays as the only allowed objects).
+A ``module:function`` name builds a user's tasks instead (:mod:`sweep.entry_points`).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import numbers
 import os
+import pickle
 import shutil
 import socket
 import tempfile
@@ -59,6 +63,9 @@ IDX_FILES = {
 }
 IDX_FOLDERS = {"mnist": "MNIST", "fashion": "FashionMNIST"}  # dataset key -> folder under the data root
 IMAGE_SIZE = (28, 28)  # MNIST and Fashion-MNIST
+CIFAR10_FOLDER = "cifar-10-batches-py"  # torchvision's layout: <root>/cifar-10-batches-py/data_batch_1..5, test_batch
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch"
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ class TaskPlan:
     """What one task is made of, before any data is read."""
 
     name: str  # e.g. "digits 0-4"
-    dataset: str  # "digits", "mnist" or "fashion"
+    dataset: str  # "digits", "mnist", "fashion" or "cifar10"
     labels: tuple[int, ...]  # original labels, in the order that defines local ids
     global_offset: int  # global id = global_offset + original label
     permutation_seed: int | None = None  # pixel permutation of permuted-mnist; None = identity
@@ -151,6 +158,15 @@ def _plan_mnist_fashion(num_tasks: int, class_order: tuple[int, ...] | None) -> 
     )
 
 
+def _plan_fashion_mnist(num_tasks: int, class_order: tuple[int, ...] | None) -> tuple[TaskPlan, ...]:
+    if num_tasks != 2:
+        raise SweepError(f"num_tasks={num_tasks} is not allowed for fashion-mnist (allowed: 2)")
+    return (
+        TaskPlan("fashion-mnist", "fashion", CLASSES, global_offset=0),
+        TaskPlan("mnist", "mnist", CLASSES, global_offset=len(CLASSES)),
+    )
+
+
 # explicit registry; tests run over every entry
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "split-digits": BenchmarkSpec(
@@ -188,6 +204,24 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         class_split=False,
         natural_scenario="domain",
         plan=_plan_mnist_fashion,
+    ),
+    "fashion-mnist": BenchmarkSpec(
+        name="fashion-mnist",
+        description="Fashion-MNIST, then MNIST: mnist-fashion's source and target swapped",
+        datasets=("fashion", "mnist"),
+        default_num_tasks=2,
+        class_split=False,
+        natural_scenario="domain",
+        plan=_plan_fashion_mnist,
+    ),
+    "split-cifar10": BenchmarkSpec(
+        name="split-cifar10",
+        description="CIFAR-10 split by class (T=2: 0-4 then 5-9; T=5: pairs), 3x32x32 images",
+        datasets=("cifar10",),
+        default_num_tasks=2,
+        class_split=True,
+        natural_scenario="class",
+        plan=functools.partial(_plan_split, "split-cifar10", "cifar10", "classes"),
     ),
     "split-fashion": BenchmarkSpec(
         name="split-fashion",
@@ -236,6 +270,12 @@ def build_benchmark(
         SweepError: a bad name, scenario, num_tasks, class_order or val_fraction.
         DataError: data files missing (and not downloadable) or malformed.
     """
+    if isinstance(name, str) and ":" in name:  # a user's module:function
+        from sweep.entry_points import build_user_benchmark
+
+        return build_user_benchmark(name, scenario, num_tasks, class_order, data_root,
+                                    _check_val_fraction(val_fraction),
+                                    _check_int("split_seed", split_seed, minimum=0, maximum=2**32 - 1))
     spec = _lookup(name)
     if scenario not in SCENARIOS:
         raise SweepError(f"unknown scenario {scenario!r} (allowed: {', '.join(SCENARIOS)})")
@@ -251,7 +291,7 @@ def build_benchmark(
         )
     plans = spec.plan(num_tasks, order)  # validates num_tasks and class_order before any data is read
 
-    root = resolve_data_root(data_root) if any(d in IDX_FOLDERS for d in spec.datasets) else None
+    root = resolve_data_root(data_root) if any(d != "digits" for d in spec.datasets) else None
     arrays = {dataset: _load_dataset(dataset, root) for dataset in spec.datasets}
     is_val = {dataset: _holdout_mask(a.train_y, val_fraction, split_seed) for dataset, a in arrays.items()}
     tasks = tuple(_build_task(plan, arrays[plan.dataset], is_val[plan.dataset], scenario) for plan in plans)
@@ -352,7 +392,7 @@ def _build_task(plan: TaskPlan, arrays: _Arrays, is_val: np.ndarray, scenario: s
         rows = np.flatnonzero(keep)
         flat = x.reshape(len(x), -1)
         images = flat[rows] if pixels is None else flat[np.ix_(rows, pixels)]  # one copy, this task's own
-        images = images.reshape(len(rows), 1, *x.shape[1:])
+        images = images.reshape(len(rows), *((1, *x.shape[1:]) if x.ndim == 3 else x.shape[1:]))  # (N, C, H, W)
         return Split(torch.from_numpy(images), torch.from_numpy(lookup[y[rows]]))
 
     return Task(
@@ -372,6 +412,8 @@ def _load_dataset(dataset: str, root: Path | None) -> _Arrays:
     if dataset == "digits":
         return _load_digits()
     assert root is not None
+    if dataset == "cifar10":
+        return _load_cifar10(root)
     return _load_idx_dataset(root, IDX_FOLDERS[dataset])
 
 
@@ -388,6 +430,85 @@ def _load_digits() -> _Arrays:
     for array in (arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y):
         array.flags.writeable = False  # cached and shared
     return arrays
+
+
+def _load_cifar10(root: Path) -> _Arrays:
+    """CIFAR-10 from torchvision's python batches: images (N, 3, 32, 32) uint8, labels int64."""
+    folder = root / CIFAR10_FOLDER
+    names = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
+    if not all((folder / n).is_file() for n in names):
+        reason = _download_cifar10(root)
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise DataError(
+                f"CIFAR-10 data not found: missing {', '.join(missing)} in {folder}/ and the download failed "
+                f"({reason}). Put torchvision's {CIFAR10_FOLDER} folder (cifar-10-python.tar.gz, extracted) under "
+                f"the data root, or point --data-root or {DATA_ROOT_ENV} at a folder that holds it."
+            )
+    train = [_read_cifar_batch(folder / n) for n in CIFAR10_TRAIN_FILES]
+    test_x, test_y = _read_cifar_batch(folder / CIFAR10_TEST_FILE)
+    return _Arrays(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x, test_y)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles CIFAR's batch dicts and nothing else: only numpy's array reconstruction is callable."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+        return getattr(importlib.import_module(module), name)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as handle:
+            batch = _ArraysOnly(handle, encoding="latin1").load()
+        images = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {str(err)[:120]})") from None
+    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
+        raise DataError(f"{path}: expected data (N, 3072) with N labels, found {images.shape} and {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() > max(CLASSES)):
+        raise DataError(f"{path}: labels out of range {CLASSES[0]}..{CLASSES[-1]}")
+    return images.reshape(-1, 3, 32, 32), labels
+
+
+def _download_cifar10(root: Path) -> str | None:
+    """Try torchvision's downloader into a scratch folder, then move the batches in. Returns why it failed."""
+    try:
+        import torchvision.datasets  # optional dependency, imported where used
+    except ImportError as err:
+        return f"torchvision is not installed: {err}"
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sweep-download-") as scratch:
+            try:
+                torchvision.datasets.CIFAR10(scratch, train=True, download=True)
+            except Exception as err:  # noqa: BLE001 - any failure here means "not downloadable"
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                return (lines[-1] if lines else type(err).__name__)[:200]
+            target = root / CIFAR10_FOLDER
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                for name in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE):
+                    if not (target / name).exists():
+                        partial = target / f".{name}.{os.getpid()}.partial"  # pid: parallel trials may race
+                        try:
+                            shutil.copyfile(Path(scratch) / CIFAR10_FOLDER / name, partial)
+                            os.replace(partial, target / name)
+                        finally:
+                            partial.unlink(missing_ok=True)
+            except OSError as err:
+                return f"downloaded but could not write into {target}: {err.strerror or err}"
+            return None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
 
 
 def _find_files(raw_dir: Path) -> dict[str, Path | None]:

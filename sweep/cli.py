@@ -17,6 +17,7 @@ from sweep.errors import SweepError
 # `sweep train` does not pay for importing Ray
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sweep.commands.train", "train one model on a task sequence and print its accuracy matrix"),
+    "pretrain": ("sweep.commands.pretrain", "train task 1 (the source) once and save its weights for --pretrained"),
     "run": ("sweep.commands.run", "run a hyperparameter sweep (Ray Tune + Optuna) into results/<study>"),
     "choose": ("sweep.analysis.choose_cli", "choose the production setting from a study under a constraint"),
     "report": ("sweep.analysis.report_cli", "write a self-contained HTML report of a study"),

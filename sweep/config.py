@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -27,6 +28,10 @@ FISHER_ESTIMATORS = ("exact", "sampled", "empirical", "batched")
 EWC_MODES = ("separate", "online")
 OPTIMIZERS = ("adam", "sgd")
 MODELS = ("mlp", "cnn")
+# torchvision architectures built with weights=None; frozen_layers counts stem, layer1..layer4, head
+TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50")
+# "package.module:function": a user's builder, imported when the model or benchmark is built
+ENTRY_POINT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 MAX_SEED = 2**32 - 1  # as build_benchmark's split_seed; beyond 2**64 - 1 torch raises a bare ValueError
 MAX_HIDDEN = 65536  # a sanity bound: far above any MNIST-scale MLP, far below an allocation failure
 
@@ -41,12 +46,16 @@ class TrainConfig:
     data_root: str | None = None  # None: $SWEEP_DATA_ROOT, else ./data
     val_fraction: float = 0.1  # share of each task's training data held out; the search optimises on it
     # --- model
-    model: str = "mlp"  # mlp: the classic Split-MNIST 784-256-256-10 network
+    model: str = "mlp"  # mlp: the classic Split-MNIST 784-256-256-10 network; cnn, resnet18, or module:function
     hidden: tuple[int, ...] = (256, 256)  # MLP hidden sizes
+    init_weights: str | None = None  # state_dict to start task 1 from (e.g. ImageNet); mismatched shapes keep init
+    pretrained: str | None = None  # state_dict after the source task: task 1 is then evaluated, not trained
     # --- optimisation (the trainer owns the step)
     optimizer: str = "adam"
     lr: float = 1e-3  # Adam 1e-3 is the standard Split-MNIST setting
     finetune_lr: float | None = None  # lr for tasks 2..T; None: lr. A lower one is itself a mitigation
+    lr_decay: float = 1.0  # tasks 2..T: layer k of L learns at lr·decay^(L-1-k), early layers move less; 1: off
+    early_stop_patience: int = 0  # tasks 2..T: stop after this many epochs without a better val accuracy; 0: off
     epochs: int = 1  # per task; 1 is enough to learn a Split-MNIST task to >95%
     batch_size: int = 64
     weight_decay: float = 0.0  # never applied to frozen layers (they leave the optimizer)
@@ -165,7 +174,17 @@ def _check(ok: bool, message: str) -> None:
 def _validate(c: TrainConfig) -> None:
     """Ranges that need no model or data; strategy composition is checked in sweep.strategies."""
     _check(c.scenario in SCENARIOS, f"scenario {c.scenario!r} is unknown; allowed: {', '.join(SCENARIOS)}")
-    _check(c.model in MODELS, f"model {c.model!r} is unknown; allowed: {', '.join(MODELS)}")
+    _check(
+        c.model in MODELS or c.model in TORCHVISION_MODELS or ENTRY_POINT.match(c.model) is not None,
+        f"model {c.model!r} is unknown; allowed: {', '.join(MODELS + TORCHVISION_MODELS)}, or module:function",
+    )
+    for name in ("init_weights", "pretrained"):
+        path = getattr(c, name)
+        _check(path is None or path.strip() != "", f"{name} must be a path to a state_dict file, got {path!r}")
+    _check(
+        c.init_weights is None or c.pretrained is None,
+        "init_weights and pretrained both set: pretrained replaces every weight before task 1; pass one",
+    )
     _check(c.optimizer in OPTIMIZERS, f"optimizer {c.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
     _check(
         c.num_tasks is None or c.num_tasks >= 2,
@@ -181,6 +200,8 @@ def _validate(c: TrainConfig) -> None:
         c.finetune_lr is None or (math.isfinite(c.finetune_lr) and c.finetune_lr > 0),
         f"finetune_lr must be > 0, got {c.finetune_lr}",
     )
+    _check(math.isfinite(c.lr_decay) and 0 < c.lr_decay <= 1, f"lr_decay must be in (0, 1], got {c.lr_decay}")
+    _check(c.early_stop_patience >= 0, f"early_stop_patience must be >= 0, got {c.early_stop_patience}")
     _check(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}")
     _check(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}")
     _check(math.isfinite(c.weight_decay) and c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")

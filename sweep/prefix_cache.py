@@ -26,7 +26,8 @@ from sweep.config import TrainConfig
 from sweep.tasks import Benchmark
 
 # TrainConfig fields the trainer itself reads only from task 2 on
-TRAINER_PREFIX_FREE = ("finetune_lr", "frozen_layers")
+TRAINER_PREFIX_FREE = ("finetune_lr", "frozen_layers", "lr_decay", "early_stop_patience")
+WEIGHT_FILES = ("init_weights", "pretrained")  # config fields naming files: their contents are in the key too
 
 
 def prefix_free_fields(strategy_spec: str) -> set[str]:
@@ -52,8 +53,19 @@ def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:
                       "info": {k: v for k, v in benchmark.info.items() if k != "data_root"}},
         "versions": [__version__, torch.__version__],
     }
+    files = {name: _file_digest(getattr(config, name)) for name in WEIGHT_FILES if getattr(config, name) is not None}
+    if files:  # the same path may hold another checkpoint next time
+        identity["files"] = files
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _file_digest(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return "unreadable"  # loading it fails later, with its own message
 
 
 class PrefixCache:

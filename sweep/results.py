@@ -37,11 +37,13 @@ ACCURACY_FILE = "accuracy.parquet"
 LOCK_FILE = ".lock"
 
 _HP_TYPES = {
-    "lr": pa.float64(), "finetune_lr": pa.float64(), "epochs": pa.int64(), "batch_size": pa.int64(), "optimizer": pa.string(),
+    "lr": pa.float64(), "finetune_lr": pa.float64(), "epochs": pa.int64(), "batch_size": pa.int64(),
+    "optimizer": pa.string(),
     "weight_decay": pa.float64(), "ewc_lambda": pa.float64(), "fisher": pa.string(),
     "fisher_samples": pa.int64(), "ewc_mode": pa.string(), "ewc_gamma": pa.float64(),
     "distill_temperature": pa.float64(), "distill_alpha": pa.float64(), "replay_size": pa.int64(),
     "replay_ratio": pa.float64(), "l2sp_lambda": pa.float64(), "frozen_layers": pa.int64(),
+    "lr_decay": pa.float64(), "early_stop_patience": pa.int64(),
 }
 assert set(_HP_TYPES) == set(HYPERPARAMETERS)
 

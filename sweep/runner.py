@@ -14,10 +14,12 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,7 +56,9 @@ class SweepOptions:
     scenario: str = "task"  # the trade-off of EWC, LwF and L2-SP shows in task-incremental form
     num_tasks: int | None = None
     data_root: str | None = None
-    model: str = "mlp"
+    model: str = "mlp"  # mlp, cnn, resnet18/34/50, or a user's module:function
+    pretrained: str | None = None  # state_dict after the source task: task 1 is evaluated from it, not trained
+    init_weights: str | None = None  # state_dict every trial starts task 1 from
     epochs: int | None = None  # overrides the space's fixed epochs
     sampler: str = "tpe"
     objective: str = "pareto"  # pareto: (stability, plasticity); constrained: max stability s.t. plasticity
@@ -106,6 +110,10 @@ def base_config(o: SweepOptions, space: SearchSpace) -> dict[str, Any]:
     }
     if o.epochs is not None:
         values["epochs"] = o.epochs
+    for key in ("pretrained", "init_weights"):  # absolute: trials run in folders of their own
+        path = getattr(o, key) or values.get(key)
+        if path:
+            values[key] = str(Path(path).expanduser().resolve())
     TrainConfig.from_mapping(values, source=space.path)
     return values
 
@@ -316,15 +324,23 @@ def _init_ray(o: SweepOptions) -> bool:
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, **kwargs)
+            _keep_sigterm_handler(ray.init, address=address, **kwargs)
         except Exception as err:  # ConnectionError, RuntimeError, ValueError across Ray versions
             raise SweepError(f"cannot reach a Ray cluster at --address {address!r}: "
                              f"{str(err).splitlines()[0][:160] if str(err) else type(err).__name__}") from None
         return False
     if ray.is_initialized():
         return False
-    ray.init(num_cpus=os.cpu_count(), **kwargs)
+    _keep_sigterm_handler(ray.init, num_cpus=os.cpu_count(), **kwargs)
     return True
+
+
+def _keep_sigterm_handler(init: Any, **kwargs: Any) -> None:
+    """``init(**kwargs)``, keeping a SIGTERM handler of the caller's (``sweep run``'s), which ray.init replaces."""
+    handler = signal.getsignal(signal.SIGTERM)
+    init(**kwargs)
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _address_host_port(address: str) -> tuple[str, int] | None:
@@ -385,13 +401,17 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
 
     # the data is read once, on the driver: a missing file fails here, before Ray starts
     from sweep.benchmarks import build_benchmark
-    from sweep.models import build_model
+    from sweep.models import build_model, load_weights
     from sweep.trainable import benchmark_to_arrays
 
     config0 = TrainConfig.from_mapping(base, source=space.path)
     benchmark = build_benchmark(config0.benchmark, config0.scenario, config0.num_tasks, config0.class_order,
                                 config0.data_root, config0.val_fraction)
-    n_layers = len(build_model(config0.model, benchmark.input_shape, benchmark.num_classes, config0.hidden).layers())
+    model0 = build_model(config0.model, benchmark.input_shape, benchmark.num_classes, config0.hidden)
+    n_layers = len(model0.layers())
+    for key in ("pretrained", "init_weights"):  # a checkpoint that does not fit fails here, before Ray starts
+        if getattr(config0, key) is not None:
+            load_weights(model0, getattr(config0, key), strict=key == "pretrained", what=key)
     frozen = {"fixed.frozen_layers": base.get("frozen_layers", 0)}
     for p in space.params:
         if p.name == "frozen_layers":
@@ -468,9 +488,13 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
 
     store = StudyStore(study_dir)
     seeds = list(range(o.seeds))
+    from sweep.entry_points import import_paths
+
     setup: dict[str, Any] = {"base_config": base, "seeds": seeds, "cpus_per_trial": o.cpus_per_trial,
                              "num_tasks": num_tasks, "searched": [p.name for p in space.params],
-                             "prefix_dir": str(study_dir / "cache") if o.prefix_cache else None}
+                             "prefix_dir": str(study_dir / "cache") if o.prefix_cache else None,
+                             # folders of module:function entry points, for the trials' imports
+                             "import_paths": import_paths(base.get("model", ""), base.get("benchmark", ""))}
     faults = _test_faults()
     if faults:
         setup["test_faults"] = faults

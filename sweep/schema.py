@@ -18,6 +18,8 @@ ROLES = ("search", "naive", "joint")  # naive and joint are the references every
 HYPERPARAMETERS = (
     "lr",
     "finetune_lr",
+    "lr_decay",
+    "early_stop_patience",
     "epochs",
     "batch_size",
     "optimizer",

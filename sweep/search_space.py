@@ -31,9 +31,11 @@ from sweep.errors import ConfigError
 from sweep.strategies import parse_strategy, strategy_params
 
 # knobs every strategy has: the trainer's own, not a strategy's
-GENERAL_PARAMS = ("lr", "finetune_lr", "epochs", "batch_size", "optimizer", "weight_decay", "frozen_layers")
+GENERAL_PARAMS = ("lr", "finetune_lr", "epochs", "batch_size", "optimizer", "weight_decay", "frozen_layers",
+                  "lr_decay", "early_stop_patience")
 # set per sweep on the command line, never searched or fixed in a space file
-SWEEP_LEVEL = ("benchmark", "scenario", "num_tasks", "class_order", "data_root", "seed", "strategy")
+SWEEP_LEVEL = ("benchmark", "scenario", "num_tasks", "class_order", "data_root", "seed", "strategy", "pretrained",
+               "init_weights")
 TOP_KEYS = ("strategy", "description", "fixed", "params")
 DIST_KEYS = {"float": ("type", "low", "high", "log"), "int": ("type", "low", "high", "log", "step"),
              "categorical": ("type", "choices")}

@@ -42,7 +42,8 @@ def benchmark_from_arrays(payload: dict[str, Any]) -> Benchmark:
         warnings.filterwarnings("ignore", message=".*not writable.*")
         tasks = tuple(
             Task(t["name"], tuple(t["classes"]),
-                 *(Split(torch.from_numpy(t[f"{s}_x"]), torch.from_numpy(t[f"{s}_y"])) for s in ("train", "val", "test")))
+                 *(Split(torch.from_numpy(t[f"{s}_x"]), torch.from_numpy(t[f"{s}_y"]))
+                   for s in ("train", "val", "test")))
             for t in payload["tasks"]
         )
     return Benchmark(payload["name"], payload["scenario"], tasks, payload["num_classes"],
@@ -178,6 +179,10 @@ def tune_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None
 
     assert payload is not None and setup is not None
     torch.set_num_threads(max(1, int(setup.get("cpus_per_trial", 1))))
+    if setup.get("import_paths"):  # a user's module:function model is imported here, in the trial's process
+        from sweep.entry_points import add_import_paths
+
+        add_import_paths(setup["import_paths"])
     values = {**setup["base_config"], **{k: v for k, v in params.items() if k != "role"}}
     role = params.get("role", "search")
     if role in ("naive", "joint"):

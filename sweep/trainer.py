@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from sweep.config import TrainConfig
 from sweep.metrics import all_metrics
-from sweep.models import LayeredModel, build_model, layer_parameters
+from sweep.models import LayeredModel, build_model, freeze_layers, layer_parameters, load_weights
 from sweep.prefix_cache import PrefixCache
 from sweep.strategies import build_strategy
 from sweep.strategies.base import Batch, Strategy, TaskContext, TrainingData
@@ -99,17 +100,46 @@ def evaluate_all(model: nn.Module, benchmark: Benchmark, masks: Tensor | None) -
 
 
 def _set_frozen(model: LayeredModel, k: int) -> list[nn.Parameter]:
-    """Freeze the first k parametrised layers; return the parameters left to train."""
-    trainable: list[nn.Parameter] = []
-    for index, params in enumerate(layer_parameters(model)):
-        for p in params:
-            p.requires_grad_(index >= k)
-            if index >= k:
-                trainable.append(p)
-    return trainable
+    """Freeze the first k parametrised layers (their BatchNorms held in eval mode); return the parameters
+    left to train."""
+    return freeze_layers(model, k)
 
 
-def _optimizer(config: TrainConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def _layer_groups(model: LayeredModel, trainable: list[nn.Parameter], lr: float, decay: float) -> list[dict]:
+    """Discriminative learning rates: layer k of L at lr·decay^(L−1−k); frozen parameters left out."""
+    keep = {id(p) for p in trainable}
+    layers = layer_parameters(model)
+    groups = [{"params": [p for p in params if id(p) in keep], "lr": lr * decay ** (len(layers) - 1 - k)}
+              for k, params in enumerate(layers)]
+    return [group for group in groups if group["params"]]
+
+
+class _EarlyStop:
+    """After each epoch: the task's validation accuracy; stop after ``patience`` epochs without a
+    better one, and :meth:`restore` the best epoch's weights."""
+
+    def __init__(self, model: nn.Module, split: Split, task_index: int, masks: Tensor | None, patience: int) -> None:
+        self.model, self.split, self.task_index, self.masks, self.patience = model, split, task_index, masks, patience
+        self.best, self.waited, self.last_was_best = -1.0, 0, True
+        self.state: dict[str, Tensor] | None = None
+
+    def __call__(self, epoch: int) -> bool:
+        accuracy = float(evaluate(self.model, self.split, self.task_index, self.masks))
+        self.last_was_best = accuracy > self.best
+        if self.last_was_best:
+            self.best, self.waited = accuracy, 0
+            self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+    def restore(self) -> None:
+        if self.state is not None and not self.last_was_best:
+            self.model.load_state_dict(self.state)
+
+
+def _optimizer(config: TrainConfig, params: list[nn.Parameter] | list[dict[str, Any]], lr: float
+               ) -> torch.optim.Optimizer:
     # a fresh optimizer per task: frozen layers then hold no optimizer state and get no weight decay
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=config.weight_decay)
@@ -196,11 +226,23 @@ def iter_sequence(
         task_started = time.perf_counter()
         ctx = TaskContext(t, benchmark, model, device, config.batch_size, generator, logits_fn)
         strategy.before_task(ctx)
-        data = strategy.training_data(ctx) or ctx.task_training_data()
-        lr = config.lr if t == 0 or config.finetune_lr is None else config.finetune_lr
-        optimizer = _optimizer(config, _set_frozen(model, strategy.frozen_layers(t)), lr)
-        ce_weight = strategy.ce_weight(t)
-        diverged = _train_task(model, optimizer, strategy, ctx, data, config, masks, ce_weight, progress)
+        if t == 0 and config.pretrained is not None:
+            load_weights(model, config.pretrained)  # the source task: trained elsewhere, evaluated here
+            diverged = ""
+        else:
+            data = strategy.training_data(ctx) or ctx.task_training_data()
+            lr = config.lr if t == 0 or config.finetune_lr is None else config.finetune_lr
+            params = _set_frozen(model, strategy.frozen_layers(t))
+            if t > 0 and config.lr_decay != 1.0:
+                params = _layer_groups(model, params, lr, config.lr_decay)
+            optimizer = _optimizer(config, params, lr)
+            ce_weight = strategy.ce_weight(t)
+            stop = None
+            if t > 0 and config.early_stop_patience > 0:
+                stop = _EarlyStop(model, benchmark.tasks[t].val, t, masks, config.early_stop_patience)
+            diverged = _train_task(model, optimizer, strategy, ctx, data, config, masks, ce_weight, progress, stop)
+            if stop is not None and not diverged:
+                stop.restore()
         if diverged:
             _set_frozen(model, 0)
             return SequenceResult(
@@ -235,14 +277,18 @@ def _train_task(
     masks: Tensor | None,
     ce_weight: float,
     progress: Callable[[int, int, int], None] | None,
+    epoch_end: Callable[[int], bool] | None = None,
 ) -> str:
-    """Train one task; return "" or, if the loss stopped being finite, "nan"/"inf"."""
+    """Train one task; return "" or, if the loss stopped being finite, "nan"/"inf".
+
+    ``epoch_end(epoch)`` (early stopping) is called after each epoch; True ends the task there.
+    """
     n = len(data.split)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     total = steps_per_epoch * config.epochs
     finite = torch.ones((), dtype=torch.bool, device=ctx.device)
     step = 0
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
         order = torch.randperm(n, generator=ctx.generator).to(ctx.device, non_blocking=True)
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
@@ -270,6 +316,11 @@ def _train_task(
                     return "nan" if torch.isnan(loss.detach()) else "inf"
                 if progress is not None:
                     progress(ctx.task_index, step, total)
+        if epoch_end is not None:
+            if not bool(finite):
+                return "nan" if torch.isnan(loss.detach()) else "inf"
+            if epoch_end(epoch):
+                break
     return ""
 
 
@@ -277,6 +328,8 @@ def build_run(config: TrainConfig, benchmark: Benchmark) -> tuple[LayeredModel, 
     """A seeded model and the strategy for ``config`` on ``benchmark``."""
     torch.manual_seed(config.seed)  # the model's initial weights depend on the seed only
     model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden)
+    if config.init_weights is not None:
+        load_weights(model, config.init_weights, strict=False, what="init_weights")
     return model, build_strategy(config, len(model.layers()))
 
 

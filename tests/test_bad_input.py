@@ -14,8 +14,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sweep.errors import ConfigError, DataError, ResultsError, SweepError
-from tests.helpers import REPO, cli_env, sweep_cmd
+from tests.helpers import REPO, cli_env
 
 # --- the world every case starts from: good and bad files side by side
 
@@ -69,11 +69,13 @@ def build_world(w: Path) -> None:
         "space/bad-yaml.yaml": "strategy: naive\nparams: {lr: [\n",
         "space/params-list.yaml": "strategy: naive\nparams: [lr]\n",
         "space/type-list.yaml": "strategy: naive\nparams:\n  lr: {type: [float], low: 0.1, high: 1.0}\n",
-        "space/log-step.yaml": "strategy: replay\nparams:\n  replay_size: {type: int, low: 1, high: 99, log: true, step: 2}\n",
+        "space/log-step.yaml": "strategy: replay\nparams:\n"
+                               "  replay_size: {type: int, low: 1, high: 99, log: true, step: 2}\n",
         "space/no-choices.yaml": "strategy: ewc\nparams:\n  fisher: {type: categorical, choices: []}\n",
         "space/freeze-fixed.yaml": "strategy: freeze\nfixed: {frozen_layers: 3}\n"
                                    "params:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-2}\n",
-        "space/freeze-choices.yaml": "strategy: freeze\nparams:\n  frozen_layers: {type: categorical, choices: [0, 9]}\n",
+        "space/freeze-choices.yaml": "strategy: freeze\nparams:\n"
+                                     "  frozen_layers: {type: categorical, choices: [0, 9]}\n",
         "space/empty.yaml": "",
         "space/nested.yaml": "strategy: naive\nparams: " + "[" * 5000 + "]" * 5000 + "\n",
         "space/python-tag.yaml": "strategy: !!python/object/apply:os.system ['touch {w}/pwned']\n",
@@ -94,13 +96,13 @@ def build_world(w: Path) -> None:
 
     studies = w / "studies"
     make_study(studies, "good", n_trials=4)
-    make_study(studies, "wrong-schema", n_trials=2)
+    make_study(studies, "wrong-schema", n_trials=3)
     pq.write_table(pa.table({"trial": ["a"], "score": [1.0]}), studies / "wrong-schema" / "trials.parquet")
-    make_study(studies, "csv", n_trials=2)
+    make_study(studies, "csv", n_trials=3)
     (studies / "csv" / "trials.parquet").write_text("study,trial_id,status\ncsv,t1,finished\n")
-    make_study(studies, "empty-file", n_trials=2)
+    make_study(studies, "empty-file", n_trials=3)
     (studies / "empty-file" / "trials.parquet").write_bytes(b"")
-    make_study(studies, "torn-accuracy", n_trials=2)
+    make_study(studies, "torn-accuracy", n_trials=3)
     data = (studies / "torn-accuracy" / "accuracy.parquet").read_bytes()
     (studies / "torn-accuracy" / "accuracy.parquet").write_bytes(data[: len(data) // 2])
     (w / "not-a-study").mkdir()
@@ -259,8 +261,8 @@ CASES = [
     cli("space: nested too deeply", "nested", *RUN, "--space", "{w}/space/nested.yaml"),
     cli("space: python tag", "not valid YAML", *RUN, "--space", "{w}/space/python-tag.yaml"),
     cli("space: binary file", "UTF-8", *RUN, "--space", "{w}/space/binary.yaml"),
-    cli("space: another strategy's", "'ewc'", "run", "--strategy", "naive", "--space", "{w}/space/no-choices.yaml",
-        "--results", "{w}/results"),
+    cli("space: another strategy's", "'ewc'", "run", "--strategy", "naive", "--space",
+        str(REPO / "search_spaces" / "ewc.yaml"), "--results", "{w}/results"),
     # sweep run --resume: study.json and Parquet files
     cli("resume: truncated trials.parquet", "trials.parquet", *RUN, "--study", "torn-trials", "--resume"),
     cli("resume: other seeds", "seeds", *RUN, "--study", "other-seeds", "--resume"),
@@ -295,7 +297,8 @@ CASES = [
         lambda w: _build_benchmark("split-mnist", data_root=w / "data" / "truncated")),
     api("load_space: missing", "does not exist", ConfigError, lambda w: _load_space(w / "space" / "none.yaml")),
     api("load_space: binary", "UTF-8", ConfigError, lambda w: _load_space(w / "space" / "binary.yaml")),
-    api("load_study: wrong schema", "lacks column", ResultsError, lambda w: _load_study(w / "studies" / "wrong-schema")),
+    api("load_study: wrong schema", "lacks column", ResultsError,
+        lambda w: _load_study(w / "studies" / "wrong-schema")),
     api("load_study: not a study", "no study", ResultsError, lambda w: _load_study(w / "not-a-study")),
     api("StudyStore: truncated", "trials.parquet", ResultsError, lambda w: _study_store(w / "results" / "torn-trials")),
     api("StudyStore: CSV", "trials.parquet", ResultsError, lambda w: _study_store(w / "studies" / "csv")),
@@ -325,35 +328,56 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return template
 
 
+# One interpreter runs every command-line case through sweep.cli.main, exactly what `python -m sweep.cli`
+# runs, each in its own copy of the world: 60 interpreter starts (torch, pyarrow) would cost minutes.
+# An exception escaping main is printed as the interpreter would print it, with its traceback.
+_BATCH = """
+import contextlib, io, json, os, sys, traceback
+from sweep.cli import main
+outcomes = []
+for folder, args in json.load(sys.stdin):
+    os.chdir(folder)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    outcomes.append([code, out.getvalue(), err.getvalue()])
+json.dump(outcomes, sys.__stdout__)
+"""
+
+
 @pytest.fixture(scope="module")
 def cli_outcomes(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
-    """Every command-line case in its own copy of the world, a few at a time (each is one interpreter start)."""
     root = tmp_path_factory.mktemp("cli")
     env = cli_env({"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                    "SWEEP_DATA_ROOT": str(root / "no-data")})
-
-    def run(index_case: tuple[int, Case]) -> tuple[str, tuple]:
-        index, case = index_case
+    jobs, before = [], {}
+    for index, case in enumerate(CLI_CASES):
         folder = root / f"case{index}"
         shutil.copytree(world, folder, symlinks=True)
-        before = listing(folder)
-        args = [a.replace("{w}", str(folder)) for a in case.args]
-        proc = subprocess.run(sweep_cmd(*args), capture_output=True, text=True, timeout=180, cwd=folder, env=env)
-        return case.id, (proc, before, listing(folder))
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(pool.map(run, enumerate(CLI_CASES)))
+        before[case.id] = listing(folder)
+        jobs.append((str(folder), [a.replace("{w}", str(folder)) for a in case.args]))
+    proc = subprocess.run([sys.executable, "-c", _BATCH], input=json.dumps(jobs), capture_output=True, text=True,
+                          timeout=600, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcomes = json.loads(proc.stdout)
+    return {case.id: (*outcomes[i], before[case.id], listing(Path(jobs[i][0]))) for i, case in enumerate(CLI_CASES)}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_is_refused_in_one_line_and_writes_nothing(case: Case, world: Path, tmp_path: Path,
                                                               request: pytest.FixtureRequest):
     if case.call is None:
-        proc, before, after = request.getfixturevalue("cli_outcomes")[case.id]
-        assert proc.returncode == 2, (proc.returncode, proc.stdout[-500:], proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and proc.stdout == ""
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1, proc.stderr
+        code, stdout, stderr, before, after = request.getfixturevalue("cli_outcomes")[case.id]
+        assert code == 2, (code, stdout[-500:], stderr[-2000:])
+        assert "Traceback" not in stderr and stdout == ""
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, stderr
         message = lines[0]
         assert message.startswith("sweep"), message
     else:
@@ -372,10 +396,14 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(case: Case, world: 
 
 # --- property-based: any input parses to a valid object or raises the typed error, never anything else
 
+def text(max_size: int) -> st.SearchStrategy[str]:
+    return st.text(st.characters(exclude_categories=("Cs",)), max_size=max_size)  # no lone surrogates: files are UTF-8
+
+
 SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
-           | st.text(max_size=12) | st.sampled_from(["1e-4", "adam", "ewc", "task", "exact", "online", "0.5"]))
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                             max_size=3), max_leaves=8)
+           | text(12) | st.sampled_from(["1e-4", "adam", "ewc", "task", "exact", "online", "0.5"]))
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text(5), inner, max_size=3),
+                      max_leaves=8)
 
 
 def _field_names() -> list[str]:
@@ -385,7 +413,7 @@ def _field_names() -> list[str]:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(_field_names()) | st.text(max_size=8), VALUES, max_size=6))
+@given(st.dictionaries(st.sampled_from(_field_names()) | text(8), VALUES, max_size=6))
 def test_train_config_from_mapping_parses_or_raises_config_error(values: dict):
     from sweep.config import TrainConfig
 
@@ -398,7 +426,7 @@ def test_train_config_from_mapping_parses_or_raises_config_error(values: dict):
 
 
 def _dist() -> st.SearchStrategy:
-    number = st.integers(-5, 100) | st.floats(-10, 1e6, allow_nan=True) | st.text(max_size=6)
+    number = st.integers(-5, 100) | st.floats(-10, 1e6) | st.just(float("nan")) | text(6)
     return st.fixed_dictionaries(
         {"type": st.sampled_from(["float", "int", "categorical", "uniform"]) | SCALARS},
         optional={"low": number, "high": number, "log": st.booleans() | SCALARS, "step": st.integers(-1, 3) | SCALARS,
@@ -412,7 +440,7 @@ SPACE_DOCS = st.fixed_dictionaries(
         "strategy": st.sampled_from(["naive", "ewc", "replay", "freeze", "ewc+replay", "ewk", "naive+joint"]) | SCALARS,
         "description": SCALARS,
         "fixed": st.dictionaries(st.sampled_from(_field_names()), SCALARS, max_size=3) | SCALARS,
-        "params": st.dictionaries(st.sampled_from(_field_names()) | st.text(max_size=5), _dist() | SCALARS, max_size=3)
+        "params": st.dictionaries(st.sampled_from(_field_names()) | text(5), _dist() | SCALARS, max_size=3)
         | SCALARS,
         "bogus": SCALARS,
     },
@@ -421,7 +449,7 @@ SPACE_DOCS = st.fixed_dictionaries(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
-@given(document=SPACE_DOCS | st.text(max_size=60))
+@given(document=SPACE_DOCS | text(60))
 def test_search_space_loader_parses_or_raises_config_error(document: object, tmp_path: Path):
     from sweep.search_space import load_space
 
@@ -436,7 +464,7 @@ def test_search_space_loader_parses_or_raises_config_error(document: object, tmp
         param.to_optuna()
 
 
-CONSTRAINT_TEXT = st.text(max_size=40) | st.builds(
+CONSTRAINT_TEXT = text(40) | st.builds(
     lambda metric, op, rhs: f"{metric} {op} {rhs}",
     st.sampled_from(["stability", "plasticity", "retention", "bwt", "Stability", "accuracy", ""]),
     st.sampled_from([">=", "<=", ">", "<", "≥", "≤", "=>", "==", ""]),

@@ -75,64 +75,61 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 # --- the driver killed at three points, then resumed
-def test_sigkill_between_trials_then_resume(tmp_path: Path):
-    """Killed after a trial is committed to Parquet but before Optuna was told: the resume tells it."""
-    args = sweep_args(tmp_path, "between", trials=3)
-    study = tmp_path / "between"
+# (during a trial: tests/test_sweep_cli.py::test_resume_after_sigkill_records_every_trial_once)
+def test_sigkill_between_trials_and_while_writing_then_resume(tmp_path: Path):
+    """Two kills of one study, each resumed: one driver start fewer than two separate tests.
+
+    1. Between trials: after a trial is committed to Parquet, before Optuna is told (a pause there).
+    2. A torn write: the resumed driver killed between writing the temporary file and the rename over
+       trials.parquet (a pause there); the previous file must be left as it was, readable.
+    """
+    args = sweep_args(tmp_path, "killed", trials=3)
+    study = tmp_path / "killed"
     proc = start_cli(*args, env={"SWEEP_TEST_PAUSE_AFTER_WRITE": "20"})
     try:
         assert wait_until(lambda: parquet_rows(study / "trials.parquet") >= 1, 120, proc), proc.stdout.read()
         kill(proc)  # inside the 20 s pause that follows the commit
     finally:
         stop_session(proc.pid)
-    before = pq.read_table(study / "trials.parquet").to_pandas()
-    assert len(before) == 1
-    assert [t.state.name for t in optuna_trials(study)] == ["RUNNING"]  # the window this test is about
-    assert (study / LOCK_FILE).exists()  # a stale lock, left by the killed driver
-    resumed = run_cli(*args, "--resume", timeout=240)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "closed 1 Optuna trial" in resumed.stdout
-    check_study(study, search=3)
-    after = pq.read_table(study / "trials.parquet").to_pandas()
-    assert set(before.trial_id) <= set(after.trial_id)
-    assert not (study / LOCK_FILE).exists()
+    first = pq.read_table(study / "trials.parquet").to_pandas()
+    assert len(first) == 1
+    assert [t.state.name for t in optuna_trials(study)] == ["RUNNING"]  # the window this kill is about
+    assert (study / LOCK_FILE).exists()  # a stale lock, left by the killed driver: it must not block
 
-
-def test_sigkill_while_trials_parquet_is_replaced_keeps_the_previous_file(tmp_path: Path):
-    """A torn write: the kill lands between writing the temporary file and the rename over trials.parquet."""
-    args = sweep_args(tmp_path, "torn")
-    study = tmp_path / "torn"
-    proc = start_cli(*args, env={"SWEEP_TEST_PAUSE_IN_WRITE": "3"})
+    proc = start_cli(*args, "--resume", env={"SWEEP_TEST_PAUSE_IN_WRITE": "2"})
     try:
-        assert wait_until(lambda: parquet_rows(study / "trials.parquet") >= 1, 120, proc), proc.stdout.read()
+        assert wait_until(lambda: parquet_rows(study / "trials.parquet") >= 2, 120, proc), proc.stdout.read()
         committed = (study / "trials.parquet").read_bytes()
         assert wait_until(lambda: any(p.stat().st_size for p in study.glob(".trials.parquet.*.tmp")), 120, proc)
-        kill(proc)  # the second trial's row is in the temporary file, not yet renamed
+        kill(proc)  # the third trial's row is in the temporary file, not yet renamed
     finally:
         stop_session(proc.pid)
     assert (study / "trials.parquet").read_bytes() == committed  # the previous file, untouched and readable
     assert len(list(study.glob(".trials.parquet.*.tmp"))) == 1
     store = StudyStore(study)
-    assert len(store.trials) == 1
+    assert len(store.trials) == 2 and set(first.trial_id) <= {r["trial_id"] for r in store.trials}
     raw_accuracy = pq.read_table(study / "accuracy.parquet").to_pandas()
-    assert raw_accuracy.trial_id.nunique() == 2  # the second trial's accuracy was written first ...
-    assert {r["trial_id"] for r in store.accuracy} == {store.trials[0]["trial_id"]}  # ... and is not part of it
+    assert raw_accuracy.trial_id.nunique() == 3  # the third trial's accuracy was written first ...
+    assert {r["trial_id"] for r in store.accuracy} == {r["trial_id"] for r in store.trials}  # ... and is not in
     from sweep.analysis.io import load_study
 
-    assert len(load_study(study).trials) == 1 and load_study(study).accuracy.trial_id.nunique() == 1
+    loaded = load_study(study)
+    assert len(loaded.trials) == 2 and loaded.accuracy.trial_id.nunique() == 2
 
     resumed = run_cli(*args, "--resume", timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    check_study(study, search=2)
+    check_study(study, search=3)  # the trial left RUNNING by kill 1 is COMPLETE, with its row's values
+    after = pq.read_table(study / "trials.parquet").to_pandas()
+    assert {r["trial_id"] for r in store.trials} <= set(after.trial_id)  # nothing committed was lost
     states = sorted(t.state.name for t in optuna_trials(study))
-    assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # the torn trial was never recorded: run again
+    assert states == ["COMPLETE"] * 3 + ["FAIL"]  # the torn trial was never recorded: closed, run again
+    assert not (study / LOCK_FILE).exists()
 
 
 # --- Ctrl-C and SIGTERM
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_flushes_finished_trials_exits_nonzero_and_leaves_no_ray(tmp_path: Path, signum: int):
-    """Ctrl-C in a terminal signals the whole foreground process group: the driver and Ray's head processes."""
-    args = ["run", "--strategy", "naive", "--trials", "2", "--seeds", "1", "--epochs", "40", "--results",
+def test_ctrl_c_flushes_finished_trials_exits_nonzero_and_leaves_no_ray(tmp_path: Path):
+    """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group, Ray's head processes too."""
+    args = ["run", "--strategy", "naive", "--trials", "2", "--seeds", "1", "--epochs", "20", "--results",
             str(tmp_path), "--study", "ctrl-c", "--max-concurrent", "1", "--quiet"]  # with the references
     study = tmp_path / "ctrl-c"
     proc = start_cli(*args)
@@ -140,20 +137,38 @@ def test_interrupt_flushes_finished_trials_exits_nonzero_and_leaves_no_ray(tmp_p
         # the naive reference recorded, the joint one running: the search has not started
         assert wait_until(lambda: parquet_rows(study / "trials.parquet") >= 1, 120, proc), proc.stdout.read()
         committed = pq.read_table(study / "trials.parquet").to_pandas()
-        os.killpg(proc.pid, signum)
+        os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 128 + signum, out
-        assert "Traceback" not in out
-        resume = next(line for line in out.splitlines() if "Resume with:" in line)
-        assert "--resume" in resume and "--study ctrl-c" in resume and str(tmp_path) in resume
-        assert wait_until(lambda: session_pids(proc.pid) == [], 30), session_pids(proc.pid)  # no Ray left
+        assert proc.returncode == 130, out
+        check_interrupted(out, proc.pid, tmp_path, "ctrl-c")
     finally:
         stop_session(proc.pid)
     after = pq.read_table(study / "trials.parquet").to_pandas()
     assert set(committed.trial_id) <= set(after.trial_id)  # finished trials kept
     assert "search" not in set(after.role)  # the sweep stopped: it did not go on to the search
-    assert not (study / LOCK_FILE).exists()  # released on the way out
-    assert not list(study.glob(".*.tmp"))
+
+
+def test_sigterm_stops_the_sweep_like_ctrl_c(tmp_path: Path):
+    """SIGTERM to the driver, as kill(1) or a job scheduler sends it (ray.init installs a handler of its own)."""
+    proc = start_cli(*sweep_args(tmp_path, "term", epochs=20))
+    try:
+        assert wait_until(lambda: (tmp_path / "term" / "study.json").exists(), 120, proc), proc.stdout.read()
+        time.sleep(1.0)  # a trial running
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 143, out
+        check_interrupted(out, proc.pid, tmp_path, "term")
+    finally:
+        stop_session(proc.pid)
+
+
+def check_interrupted(out: str, sid: int, results: Path, study: str) -> None:
+    assert "Traceback" not in out
+    resume = next(line for line in out.splitlines() if "Resume with:" in line)
+    assert "--resume" in resume and f"--study {study}" in resume and str(results) in resume
+    assert wait_until(lambda: session_pids(sid) == [], 30), session_pids(sid)  # no Ray process left
+    assert not (results / study / LOCK_FILE).exists()  # released on the way out
+    assert not list((results / study).glob(".*.tmp"))
 
 
 # --- a trial's worker process killed
@@ -188,6 +203,28 @@ def test_killed_trial_worker_is_retried_and_the_sweep_goes_on(tmp_path: Path):
 
 
 # --- a trial that raises and one that diverges
+def _cycle_base() -> type:
+    import optuna
+
+    return optuna.samplers.BaseSampler
+
+
+class Cycle(_cycle_base()):
+    """A deterministic Optuna sampler: trial n gets ``values[n]`` (module level: Tune pickles the searcher)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+
+    def infer_relative_search_space(self, study, trial):  # noqa: ANN001, ANN201
+        return {}
+
+    def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
+        return {}
+
+    def sample_independent(self, study, trial, name, distribution):  # noqa: ANN001, ANN201
+        return self.values[trial.number % len(self.values)]
+
+
 @pytest.mark.ray
 def test_raising_and_diverging_trials_are_recorded_and_left_off_the_front(ray_session, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch):
@@ -198,35 +235,24 @@ def test_raising_and_diverging_trials_are_recorded_and_left_off_the_front(ray_se
     from sweep.runner import SweepOptions, run_sweep
 
     lrs = [0.05, 0.02, 1.0e9, 0.01]  # finished, raises, diverges (sgd), finished
-
-    class Cycle(optuna.samplers.BaseSampler):
-        """Deterministic: trial n gets lrs[n]."""
-
-        def infer_relative_search_space(self, study, trial):  # noqa: ANN001, ANN201
-            return {}
-
-        def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
-            return {}
-
-        def sample_independent(self, study, trial, name, distribution):  # noqa: ANN001, ANN201
-            return lrs[trial.number % len(lrs)]
-
-    monkeypatch.setattr(optuna.samplers, "TPESampler", lambda **kwargs: Cycle())
+    monkeypatch.setattr(optuna.samplers, "TPESampler", lambda **kwargs: Cycle(lrs))
     monkeypatch.setenv("SWEEP_TEST_RAISE_AT_LR", "0.02")
     space = tmp_path / "space.yaml"
     space.write_text("strategy: naive\nfixed: {optimizer: sgd, epochs: 1}\n"
                      f"params:\n  lr: {{type: categorical, choices: {lrs}}}\n")
     summary = run_sweep(SweepOptions(strategy="naive", space_file=str(space), trials=4, seeds=1,
-                                     results_dir=str(tmp_path), study="faulty", quiet=True, max_concurrent=1))
+                                     results_dir=str(tmp_path), study="faulty", quiet=True, max_concurrent=1,
+                                     references=False))
     study_dir = tmp_path / "faulty"
     check_study(study_dir, search=4)
     df = pq.read_table(study_dir / "trials.parquet").to_pandas()
     search = df[df.role == "search"].set_index("hp_lr")
-    assert summary.counts == {"finished": 4, "error": 1, "diverged": 1}  # the references too
+    assert summary.counts == {"finished": 2, "error": 1, "diverged": 1}
     assert search.loc[0.02, "status"] == "error" and "injected fault" in search.loc[0.02, "reason"]
     assert search.loc[1.0e9, "status"] == "diverged" and "loss became" in search.loc[1.0e9, "reason"]
     assert (search.loc[[0.05, 0.01], "status"] == "finished").all()  # the sweep went on after both
-    front = set(pareto_front(load_study(study_dir)).trial_id)
+    loaded = load_study(study_dir).trials
+    front = set(loaded.trial_id[pareto_front(loaded)])
     assert front and front <= set(search.loc[[0.05, 0.01], "trial_id"])
     assert {r["trial_id"] for r in summary.front} <= set(search.loc[[0.05, 0.01], "trial_id"])
     states = {t.user_attrs["tune_trial_id"]: t.state.name for t in optuna_trials(study_dir)}
@@ -239,12 +265,18 @@ def test_two_studies_at_once_and_a_second_driver_on_a_running_study_is_refused(t
     a, b = start_cli(*a_args), start_cli(*b_args)
     try:
         assert wait_until(lambda: (tmp_path / "a" / "study.json").exists(), 120, a)
-        for extra in (["--resume"], []):  # same settings, with and without --resume: refused either way
-            second = run_cli(*a_args, *extra, timeout=120)
-            assert second.returncode == 2, second.stderr
-            lines = second.stderr.strip().splitlines()
-            assert len(lines) == 1 and "Traceback" not in second.stderr
-            assert f"already being run by process {a.pid} on" in lines[0] and "--resume" in lines[0]
+        # same settings, with and without --resume: refused either way (both at once: a is still running)
+        seconds = [start_cli(*a_args, *extra) for extra in (["--resume"], [])]
+        try:
+            for second in seconds:
+                out, _ = second.communicate(timeout=120)
+                assert second.returncode == 2, out
+                lines = out.strip().splitlines()
+                assert len(lines) == 1 and "Traceback" not in out
+                assert f"already being run by process {a.pid} on" in lines[0] and "--resume" in lines[0]
+        finally:
+            for second in seconds:
+                stop_session(second.pid)
         out_a, _ = a.communicate(timeout=300)
         out_b, _ = b.communicate(timeout=300)
         assert a.returncode == 0, out_a[-2000:]
@@ -260,16 +292,18 @@ def test_two_studies_at_once_and_a_second_driver_on_a_running_study_is_refused(t
     assert not ids_a & ids_b
 
 
-def _race_for_lock(study_dir: str, start_at: float, results: multiprocessing.Queue) -> None:
-    time.sleep(max(0.0, start_at - time.time()))
+def _race_for_lock(study_dir: str, ready: multiprocessing.Queue, go: object, release: object,
+                   results: multiprocessing.Queue) -> None:
+    ready.put(True)
+    go.wait(60)  # type: ignore[attr-defined]
     try:
         fd = acquire_study_lock(study_dir)
     except SweepError:
         results.put("refused")
         return
-    time.sleep(1.0)
-    release_study_lock(study_dir, fd)
     results.put("won")
+    release.wait(60)  # type: ignore[attr-defined]  # held until every other driver has tried
+    release_study_lock(study_dir, fd)
 
 
 def test_stale_lock_does_not_block_and_a_race_for_it_has_one_winner(tmp_path: Path):
@@ -284,23 +318,29 @@ def test_stale_lock_does_not_block_and_a_race_for_it_has_one_winner(tmp_path: Pa
         assert not lock.exists()
     lock.write_text("process 999999 on elsewhere")  # stale, and six drivers resume at once
     ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    start_at = time.time() + 3.0
-    racers = [ctx.Process(target=_race_for_lock, args=(str(tmp_path), start_at, results)) for _ in range(6)]
+    ready, results, go, release = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
+    racers = [ctx.Process(target=_race_for_lock, args=(str(tmp_path), ready, go, release, results))
+              for _ in range(6)]
     for racer in racers:
         racer.start()
     try:
-        outcomes = sorted(results.get(timeout=30) for _ in racers)
+        for _ in racers:
+            ready.get(timeout=60)
+        go.set()
+        outcomes = sorted(results.get(timeout=60) for _ in racers)
     finally:
+        go.set()
+        release.set()
         for racer in racers:
-            racer.join(timeout=10)
+            racer.join(timeout=30)
     assert outcomes == ["refused"] * 5 + ["won"]
+    assert not lock.exists()  # the winner released it
 
 
 def test_clean_refuses_a_study_that_is_running(tmp_path: Path):
     from sweep.analysis.testing import make_study
 
-    study = make_study(tmp_path, "busy", n_trials=2)
+    study = make_study(tmp_path, "busy", n_trials=3)
     (study / "ray").mkdir()
     fd = acquire_study_lock(study)
     try:

@@ -47,7 +47,7 @@ def test_prefix_free_change_shares_the_entry_and_anything_else_does_not():
     benchmark = load_benchmark(config)
     key = prefix_key(config, benchmark)
     free = prefix_free_fields(config.strategy)
-    assert {"ewc_lambda", "replay_ratio", "frozen_layers", "finetune_lr"} <= free
+    assert {"ewc_lambda", "replay_ratio", "frozen_layers", "finetune_lr", "lr_decay", "early_stop_patience"} <= free
     assert prefix_key(config.replace(ewc_lambda=1e6, replay_ratio=0.2, frozen_layers=2, finetune_lr=1e-5),
                       benchmark) == key
     changed = {"seed": 1, "lr": 2e-3, "epochs": 2, "batch_size": 32, "fisher": "empirical", "fisher_samples": 10,
@@ -58,7 +58,8 @@ def test_prefix_free_change_shares_the_entry_and_anything_else_does_not():
         assert prefix_key(other, benchmark) != key, field
     assert all(f.name in free or f.name in changed or f.name in (
         "benchmark", "scenario", "num_tasks", "class_order", "data_root", "val_fraction", "model", "ewc_gamma",
-        "distill_temperature", "distill_alpha", "l2sp_lambda") for f in dataclasses.fields(TrainConfig))
+        "distill_temperature", "distill_alpha", "l2sp_lambda", "lr_decay", "early_stop_patience", "init_weights",
+        "pretrained") for f in dataclasses.fields(TrainConfig))
 
 
 def test_a_corrupt_entry_is_recomputed(tmp_path: Path):

@@ -20,7 +20,7 @@ from sweep.errors import ConfigError
 from sweep.models import build_model, layer_parameters
 from sweep.strategies import STRATEGIES, build_strategy, parse_strategy
 from sweep.strategies.base import Batch, Strategy, TaskContext
-from sweep.strategies.ewc import EWC
+from sweep.strategies.ewc import EWC, quadratic_penalty
 from sweep.strategies.replay import Replay, balanced_quotas
 from sweep.tasks import Benchmark, to_float
 from sweep.trainer import SequenceResult, masked_logits, train_sequence
@@ -109,6 +109,83 @@ def test_neutral_setting_reproduces_naive_exactly(spec: str, scenario: str, digi
 
 def _snapshot(model: nn.Module) -> list[list[torch.Tensor]]:
     return [[p.detach().clone() for p in layer] for layer in layer_parameters(model)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "settings"),
+    [
+        # the Fisher's own draws (subset, sampled labels) must not shift the run's batches
+        ("ewc", {"ewc_lambda": 0.0, "fisher": "sampled", "fisher_samples": 50}),
+        ("ewc", {"ewc_lambda": 0.0, "fisher": "batched", "ewc_mode": "online", "ewc_gamma": 0.5}),
+        ("replay", {"replay_size": 60, "replay_ratio": 0.0}),  # a full buffer, never mixed in
+        ("distill", {"distill_alpha": 1.0, "distill_temperature": 5.0}),
+    ],
+)
+def test_other_neutral_settings_reproduce_naive_exactly(spec: str, settings: dict, digits):
+    naive, _, _ = run(config_for("naive", "class", {}), digits["class"])
+    result, _, _ = run(config_for(spec, "class", {spec: settings}), digits["class"])
+    assert np.array_equal(result.val, naive.val) and np.array_equal(result.test, naive.test)
+
+
+PREFIX_FREE_VALUES = {  # two values of each field a strategy declares unused until task 2
+    "ewc_lambda": (0.0, 100.0), "l2sp_lambda": (0.0, 1.0), "distill_alpha": (1.0, 0.5),
+    "distill_temperature": (1.0, 4.0), "replay_ratio": (0.0, 0.5), "frozen_layers": (0, 1),
+}
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_state_after_task_1_does_not_depend_on_prefix_free_fields(spec: str, digits):
+    """Trials that differ only in ``prefix_free`` fields share task 1 (the prefix cache relies on it)."""
+    free = {f for name in parse_strategy(spec) for f in STRATEGIES[name].prefix_free}
+    if not free:
+        return
+    first, second = (
+        _state_after_task_1(config_for(spec, "task", ACTIVE, **{f: PREFIX_FREE_VALUES[f][pick] for f in free}),
+                            digits["task"])
+        for pick in (0, 1)
+    )
+    assert torch.equal(first["generator"], second["generator"])
+    for part in ("model", "state"):
+        assert first[part].keys() == second[part].keys()
+        for key, value in first[part].items():
+            other = second[part][key]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
+
+
+def _state_after_task_1(config: TrainConfig, benchmark: Benchmark) -> dict[str, dict | torch.Tensor]:
+    """The run generator's state, the strategy's state and the weights right after task 1."""
+    torch.manual_seed(0)
+    model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden)
+    strategy = build_strategy(config, len(model.layers()))
+    after_task, captured = strategy.after_task, {}
+
+    def spy(ctx: TaskContext) -> None:
+        after_task(ctx)
+        if ctx.task_index == 0:
+            captured["generator"] = ctx.generator.get_state()
+            captured["state"] = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                                 for k, v in strategy.state_dict().items()}
+            captured["model"] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    strategy.after_task = spy  # type: ignore[method-assign]
+    train_sequence(benchmark, model, strategy, config)
+    return captured
+
+
+def test_fused_quadratic_penalty_matches_autograd():
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, dtype=torch.float64, requires_grad=True), torch.randn(3, dtype=torch.float64)]
+    anchor = [torch.randn_like(p) for p in params]
+    precision = [torch.rand_like(p) for p in params]
+    for weights in (precision, None):
+        scale = weights or [torch.ones_like(p) for p in params]
+        want = sum((a * (p - m).square()).sum() for p, m, a in zip(params, anchor, scale))
+        got = quadratic_penalty(params, anchor, weights)
+        assert torch.allclose(got, want)
+        (g_want,) = torch.autograd.grad(want, params[:1])
+        (g_got,) = torch.autograd.grad(got, params[:1])
+        assert torch.allclose(g_got, g_want)
+    assert torch.autograd.gradcheck(lambda p: quadratic_penalty([p], anchor[:1], precision[:1]), params[:1])
 
 
 @pytest.mark.parametrize("spec", ["freeze", "ewc+replay+freeze", "distill"])

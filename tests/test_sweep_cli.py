@@ -18,12 +18,17 @@ pytestmark = pytest.mark.slow
 
 
 def optuna_states(study_dir: Path) -> list[str]:
+    """States of the study's Optuna trials; [] while its journal does not hold the study yet."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     storage = JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
-    return [t.state.name for t in optuna.load_study(study_name=study_dir.name, storage=storage).trials]
+    try:
+        study = optuna.load_study(study_name=study_dir.name, storage=storage)
+    except KeyError:  # no such study (yet)
+        return []
+    return [t.state.name for t in study.trials]
 
 
 @pytest.mark.ray
@@ -33,8 +38,10 @@ def test_resume_after_sigkill_records_every_trial_once(tmp_path: Path):
     study = tmp_path / "killed"
     proc = start_cli(*args)
     try:
-        # references (2) and at least one search trial recorded, the next one running
-        assert wait_until(lambda: parquet_rows(study / "trials.parquet") >= 3, 180, proc), proc.stdout.read()
+        # references (2) and at least one search trial recorded, the next one running (asked of Optuna:
+        # right after a trial is told there is a moment with none running, and a kill there is another test's)
+        assert wait_until(lambda: parquet_rows(study / "trials.parquet") >= 3 and "RUNNING" in optuna_states(study),
+                          180, proc), proc.stdout.read()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -39,12 +39,11 @@ def test_train_reads_a_config_file_and_flags_override_it(tmp_path: Path):
 def _truncated_root(tmp_path: Path) -> Path:
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "MNIST" / "raw"
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         with gzip.open(raw / f"{name}.gz", "wb") as handle:
-            handle.write(b"\x00\x00\x08\x03\x00\x00\x00\x10" if "images" in name else b"\x00\x00\x08\x01\x00\x00\x00\x10")
-    assert shared  # the real files are not needed: these headers promise 16 items and hold none
+            dims = b"\x03" if "images" in name else b"\x01"
+            handle.write(b"\x00\x00\x08" + dims + b"\x00\x00\x00\x10")  # promises 16 items, holds none
     return tmp_path / "data"
 
 

@@ -37,6 +37,9 @@ CONFIG_SETTINGS = ("strategy", "benchmark", "scenario", "model", "num_tasks")
 # from a float64 Parquet column (3.0 epochs) is written as the int TrainConfig expects
 HYPERPARAMETER_TYPES: dict[str, type] = {
     "lr": float,
+    "finetune_lr": float,
+    "lr_decay": float,
+    "early_stop_patience": int,
     "epochs": int,
     "batch_size": int,
     "optimizer": str,

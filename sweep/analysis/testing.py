@@ -20,7 +20,7 @@ from sweep import schema
 from sweep.analysis.io import ACCURACY_FILE, TRIALS_FILE, write_parquet_atomic
 
 # hyperparameter columns hold one type each, as the sweep writes them; nullable ints keep 3 an int
-_INT_HPS = ("epochs", "batch_size", "fisher_samples", "replay_size", "frozen_layers")
+_INT_HPS = ("epochs", "batch_size", "fisher_samples", "replay_size", "frozen_layers", "early_stop_patience")
 _STR_HPS = ("optimizer", "fisher", "ewc_mode")
 
 

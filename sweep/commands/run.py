@@ -16,11 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--results", dest="results_dir", default="results", help="results folder (default: results)")
     a("--trials", type=_int("--trials"), default=16, help="search trials, references not counted (default: 16)")
     a("--seeds", type=_int("--seeds"), default=3, help="seeds per trial (default: 3)")
-    a("--benchmark", default="split-digits", help="benchmark (default: split-digits, offline)")
+    a("--benchmark", default="split-digits",
+      help="benchmark, or your tasks as module:function (default: split-digits, offline)")
     a("--scenario", default="task", help="class, task or domain (default: task)")
     a("--num-tasks", type=_int("--num-tasks"), default=None, help="number of tasks (default: the benchmark's)")
     a("--data-root", default=None, help="data root in torchvision's layout (default: $SWEEP_DATA_ROOT or ./data)")
-    a("--model", default="mlp", help="mlp or cnn (default: mlp)")
+    a("--model", default="mlp", help="mlp, cnn, resnet18/34/50, or your builder as module:function (default: mlp)")
+    a("--pretrained", default=None,
+      help="state_dict after the source task (task 1): it is evaluated from this checkpoint, not trained")
+    a("--init-weights", default=None, help="state_dict every trial starts task 1 from (e.g. ImageNet weights)")
     a("--epochs", type=_int("--epochs"), default=None, help="epochs per task (default: the space's)")
     a("--sampler", default="tpe", help="tpe or nsga2 (default: tpe)")
     a("--objective", default="pareto",

@@ -37,9 +37,7 @@ class Distill(Strategy):
         return cls(config.distill_temperature, config.distill_alpha)
 
     def after_task(self, ctx: TaskContext) -> None:
-        if self.alpha == 1.0:
-            return
-        self.teacher = _frozen_copy(ctx.model)
+        self.teacher = _frozen_copy(ctx.model)  # also at α = 1: the state after a task never depends on α
         if ctx.benchmark.scenario == "domain":
             known = range(ctx.benchmark.num_classes)
         else:
@@ -53,12 +51,7 @@ class Distill(Strategy):
         teacher = self._teacher(ctx.model)
         if self.alpha == 1.0 or teacher is None or self.known is None:
             return None
-        T = self.temperature
-        with torch.no_grad():
-            target = torch.log_softmax(teacher(batch.x)[:, self.known] / T, dim=1)  # (B, K)
-        student = torch.log_softmax(raw_logits[:, self.known] / T, dim=1)
-        kl = F.kl_div(student, target, reduction="batchmean", log_target=True)  # KL(teacher ‖ student)
-        return (1.0 - self.alpha) * T * T * kl
+        return distillation_term(teacher, batch.x, raw_logits, self.known, self.temperature, self.alpha)
 
     def _teacher(self, model: nn.Module) -> nn.Module | None:
         if self._pending is not None:  # restored from a state dict: rebuild on the model's structure
@@ -80,6 +73,18 @@ class Distill(Strategy):
         self._pending = weights or None  # type: ignore[assignment]
         known = state.get("known")
         self.known = known if isinstance(known, Tensor) else None
+
+
+def distillation_term(
+    teacher: nn.Module, x: Tensor, raw_logits: Tensor, known: Tensor, temperature: float, alpha: float
+) -> Tensor:
+    """(1 − α)·T²·KL(softmax(z_teacher/T) ‖ softmax(z_student/T)) over the ``known`` (K,) classes."""
+    T = temperature
+    with torch.no_grad():
+        target = torch.log_softmax(teacher(x)[:, known] / T, dim=1)  # (B, K)
+    student = torch.log_softmax(raw_logits[:, known] / T, dim=1)
+    kl = F.kl_div(student, target, reduction="batchmean", log_target=True)  # KL(teacher ‖ student)
+    return (1.0 - alpha) * T * T * kl
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:

@@ -7,19 +7,49 @@ Both modes keep the penalty as one quadratic per parameter element, A (θ − m)
   costs the same after ten tasks as after one, and its value stays exact (no cancellation).
 - online: F ← γF + F_new and θ* = the latest weights, i.e. A ← γA + F_new, m = θ, offset 0.
 
-λ = 0 computes no Fisher and returns no penalty, so it reproduces naive bit for bit.
+λ = 0 returns no penalty, so it reproduces naive bit for bit. It still computes the Fisher: the
+state after a task never depends on λ (trials differing only in λ share task 1), and the scale is
+reported. The Fisher draws from a generator of its own, so it never shifts the run's batches.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sweep.config import TrainConfig
 from sweep.strategies.base import Batch, Strategy, TaskContext
 from sweep.strategies.fisher import task_fisher
+
+
+def quadratic_penalty(
+    params: Sequence[Tensor], anchor: Sequence[Tensor], precision: Sequence[Tensor] | None = None
+) -> Tensor:
+    """Σ A (θ − m)² over parameter tensors (A = 1 when ``precision`` is None), as one autograd node.
+
+    Written out, it is ~30 small autograd nodes per step; fused, the forward is three passes over
+    the weights and the backward one (2A(θ − m)): half the cost (0.5 ms instead of 1 ms per step
+    for the 269k-weight MLP on one core, where a plain step takes 1.3 ms).
+    """
+    return _Quadratic.apply(list(anchor), None if precision is None else list(precision), *params)
+
+
+class _Quadratic(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, anchor: list[Tensor], precision: list[Tensor] | None, *params: Tensor) -> Tensor:
+        diffs = torch._foreach_sub(list(params), anchor)
+        slopes = diffs if precision is None else torch._foreach_mul(diffs, precision)  # A (θ − m)
+        ctx.save_for_backward(*slopes)
+        return torch.stack([torch.dot(a.flatten(), d.flatten()) for a, d in zip(slopes, diffs)]).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        needs = ctx.needs_input_grad[2:]
+        return (None, None, *[2 * grad * slope if need else None for slope, need in zip(ctx.saved_tensors, needs)])
 
 
 class EWC(Strategy):
@@ -46,9 +76,7 @@ class EWC(Strategy):
         return cls(config.ewc_lambda, config.fisher, config.fisher_samples, config.ewc_mode, config.ewc_gamma)
 
     def after_task(self, ctx: TaskContext) -> None:
-        if self.ewc_lambda == 0:
-            return
-        fisher = task_fisher(ctx, self.fisher, self.fisher_samples)
+        fisher = task_fisher(ctx, self.fisher, self.fisher_samples)  # also at λ = 0: see the module docstring
         self.consolidate(fisher, {name: p.detach() for name, p in ctx.model.named_parameters()})
 
     def consolidate(self, fisher: dict[str, Tensor], theta: dict[str, Tensor]) -> None:
@@ -72,11 +100,14 @@ class EWC(Strategy):
         self.tasks += 1
 
     def penalty(self, ctx: TaskContext, batch: Batch, raw_logits: Tensor) -> Tensor | None:
+        return self.model_penalty(ctx.model)
+
+    def model_penalty(self, model: nn.Module) -> Tensor | None:
+        """λ/2 · Σ_k F_k (θ − θ*_k)² at ``model``'s weights; None before any task (or with λ = 0)."""
         if self.ewc_lambda == 0 or not self.precision:
             return None
-        quadratic = sum(
-            (self.precision[n] * (p - self.anchor[n]).square()).sum() for n, p in ctx.model.named_parameters()
-        )
+        names, params = zip(*model.named_parameters())
+        quadratic = quadratic_penalty(params, [self.anchor[n] for n in names], [self.precision[n] for n in names])
         return 0.5 * self.ewc_lambda * (quadratic + self.offset)
 
     def stats(self) -> dict[str, float]:

@@ -47,14 +47,18 @@ def task_fisher(ctx: TaskContext, estimator: str, samples: int | None = None) ->
     """The diagonal Fisher of ``ctx.model`` on the current task's training split.
 
     Args:
-        ctx: the task just trained; its masked logits, batch size and generator are used.
+        ctx: the task just trained; its masked logits and batch size are used, and the run's seed.
         estimator: one of ``ESTIMATORS``.
         samples: how many training samples to use, drawn without replacement; None: all of them.
     """
     data = ctx.task_training_data()
+    # a stream of its own, seeded from the run's seed and the task: drawing the subset and the sampled
+    # labels never shifts the run's batches, so EWC at λ = 0 stays naive bit for bit
+    seed = (ctx.generator.initial_seed() * 1_000_003 + 7919 + ctx.task_index) % 2**63
+    generator = torch.Generator().manual_seed(seed)
     return fisher_diagonal(
         ctx.model, data.split.x, data.split.y, estimator=estimator, logits=ctx.logits, task_ids=data.task_ids,
-        samples=samples, batch_size=ctx.batch_size, generator=ctx.generator,
+        samples=samples, batch_size=ctx.batch_size, generator=generator,
     )
 
 
@@ -345,8 +349,9 @@ def _fallback(
     total = {name: torch.zeros_like(v) for name, v in sub.items()}
     for s in range(0, x.shape[0], step):
         part = slice(s, s + step)
-        grads = per_sample_grads(sub, x[part], None if task_ids is None else task_ids[part], target[part],
-                                 weights[part])
+        with torch.no_grad():  # the other parameters require grad: without this, the Fisher would carry a graph
+            grads = per_sample_grads(sub, x[part], None if task_ids is None else task_ids[part], target[part],
+                                     weights[part])
         for name, g in grads.items():
-            total[name] += g.square().sum(0)
+            total[name] += g.detach().square().sum(0)
     return total

@@ -1,14 +1,16 @@
 """l2sp: λ/2 · ||θ − θ*||², θ* = the weights after the previous task (L2 toward the starting point).
 
-λ = 0 keeps no anchor and returns no penalty, so it reproduces naive bit for bit.
+λ = 0 returns no penalty, so it reproduces naive bit for bit (the anchor is kept at any λ: the
+state after a task never depends on λ).
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from sweep.config import TrainConfig
 from sweep.strategies.base import Batch, Strategy, TaskContext
+from sweep.strategies.ewc import quadratic_penalty
 
 
 class L2SP(Strategy):
@@ -25,14 +27,17 @@ class L2SP(Strategy):
         return cls(config.l2sp_lambda)
 
     def after_task(self, ctx: TaskContext) -> None:
-        if self.l2sp_lambda > 0:
-            self.anchor = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
+        self.anchor = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
 
     def penalty(self, ctx: TaskContext, batch: Batch, raw_logits: Tensor) -> Tensor | None:
+        return self.model_penalty(ctx.model)
+
+    def model_penalty(self, model: nn.Module) -> Tensor | None:
+        """λ/2 · ||θ − θ*||² at ``model``'s weights; None without an anchor (or with λ = 0)."""
         if self.l2sp_lambda == 0 or not self.anchor:
             return None
-        distance = sum((p - self.anchor[n]).square().sum() for n, p in ctx.model.named_parameters())
-        return 0.5 * self.l2sp_lambda * distance
+        names, params = zip(*model.named_parameters())
+        return 0.5 * self.l2sp_lambda * quadratic_penalty(params, [self.anchor[n] for n in names])
 
     def state_dict(self) -> dict[str, Tensor | float | int]:
         return {f"anchor.{n}": t for n, t in self.anchor.items()}

@@ -14,7 +14,10 @@ training sample can end up in a checkpoint or a cache, and M costs 16 bytes per 
   uniformly with replacement from the buffer. Their task ids travel in ``Batch.task_ids`` in
   task-incremental form, so the trainer masks them with their own task's classes.
 
-M = 0 (or r = 0) keeps no buffer and draws nothing: naive, bit for bit.
+The buffer's samples are chosen with a generator of their own, seeded from the run's seed and
+the task, so filling it never shifts the run's batches and does not depend on r (trials that
+differ only in r share the state after task 1). M = 0 keeps no buffer and draws nothing, and
+r = 0 mixes nothing in: both are naive, bit for bit.
 """
 
 from __future__ import annotations
@@ -44,8 +47,10 @@ class Replay(Strategy):
         return cls(config.replay_size, config.replay_ratio)
 
     def after_task(self, ctx: TaskContext) -> None:
-        if self.replay_size == 0 or self.replay_ratio == 0:
+        if self.replay_size == 0:
             return
+        seed = (ctx.generator.initial_seed() * 1_000_003 + 104_729 + ctx.task_index) % 2**63  # see the docstring
+        generator = torch.Generator().manual_seed(seed)
         groups: dict[tuple[int, int], Tensor] = {}  # (task, class) -> sample indices, in random order
         for t in self._tasks:
             kept = self.sample_index[self.task_index == t].to(ctx.device)
@@ -55,7 +60,7 @@ class Replay(Strategy):
         y = ctx.task.train.y
         for c in y.unique().tolist():
             members = (y == c).nonzero().flatten()
-            groups[(ctx.task_index, c)] = members[torch.randperm(len(members), generator=ctx.generator).to(y.device)]
+            groups[(ctx.task_index, c)] = members[torch.randperm(len(members), generator=generator).to(y.device)]
         keys = sorted(groups)
         quotas = balanced_quotas([len(groups[k]) for k in keys], self.replay_size)
         self.task_index = torch.cat([torch.full((q,), k[0], dtype=torch.long) for k, q in zip(keys, quotas)])

@@ -1,0 +1,275 @@
+"""The production API: the strategies as plain PyTorch pieces for your own training loop.
+
+The sweep chose a setting; this module applies it where the training loop is yours::
+
+    chosen = sweep.api.from_chosen("results/ewc-mytasks-domain/chosen.yaml")
+    fisher = chosen.fisher(model, x_source, y_source)          # once, on the source data
+    ewc = chosen.ewc(model, fisher)                              # λ/2 · Σ F (θ − θ*)², θ* = weights now
+    chosen.freeze(model)                                         # the chosen frozen_layers, BatchNorm held
+    optimizer = chosen.optimizer(model)                          # fine-tuning lr, lr_decay groups
+    for x, y in target_batches:
+        loss = F.cross_entropy(model(x), y) + ewc(model)
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+Each piece is the very code the trainer runs (the Fisher estimators of
+:mod:`sweep.strategies.fisher`, the EWC, L2-SP and distillation terms of their strategies), so a
+loop that does what the trainer does gets the trainer's numbers, bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sweep.config import TrainConfig
+from sweep.errors import ConfigError
+from sweep.models import freeze_layers, named_layers
+from sweep.strategies import parse_strategy
+from sweep.strategies.distill import _frozen_copy, distillation_term
+from sweep.strategies.ewc import EWC
+from sweep.strategies.fisher import ESTIMATORS, fisher_diagonal
+from sweep.strategies.l2sp import L2SP
+from sweep.strategies.replay import balanced_quotas
+
+__all__ = [
+    "Chosen", "DistillationLoss", "EWCPenalty", "L2SPPenalty", "compute_fisher", "freeze_layers", "from_chosen",
+    "layer_names", "param_groups", "replay_indices",
+]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _class_mask(model_out: int, classes: Sequence[int] | None, device: torch.device) -> Tensor | None:
+    if classes is None:
+        return None
+    mask = torch.zeros(model_out, dtype=torch.bool, device=device)
+    mask[list(classes)] = True
+    return mask
+
+
+def compute_fisher(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    estimator: str = "exact",
+    classes: Sequence[int] | None = None,
+    samples: int | None = None,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """The diagonal Fisher of every parameter of ``model`` on (x, y), name -> tensor.
+
+    Args:
+        model: your network, as trained on the data it must remember.
+        x: (N, ...) inputs (uint8 images are scaled to [0, 1], floats are used as they are).
+        y: (N,) integer labels (``empirical`` and ``batched`` use them).
+        estimator: ``exact``, ``sampled``, ``empirical`` or ``batched`` (DESIGN.md: their λ scales differ).
+        classes: a task-incremental head: only these logits count (the others are masked out).
+        samples: use this many samples, drawn with ``generator``; None: all of them.
+        batch_size: the batch of the ``batched`` estimator (your training batch size).
+        generator: CPU generator for ``samples`` and ``sampled``'s draws.
+    """
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"estimator {estimator!r} is unknown; allowed: {', '.join(ESTIMATORS)}")
+    device = _device(model)
+    x, y = x.to(device), y.to(device)
+    logits = None
+    if classes is not None:
+        allowed: list[Tensor] = []
+
+        def logits(inputs: Tensor, _ids: Tensor | None) -> Tensor:
+            out = model(inputs)  # (B, classes)
+            if not allowed:
+                allowed.append(_class_mask(out.shape[1], classes, out.device))  # type: ignore[arg-type]
+            return out.masked_fill(~allowed[0], torch.finfo(out.dtype).min)
+
+    return fisher_diagonal(model, x, y, estimator=estimator, logits=logits, samples=samples, batch_size=batch_size,
+                           generator=generator)
+
+
+def _check_names(model: nn.Module, names: Sequence[str], what: str) -> None:
+    missing = [n for n, _ in model.named_parameters() if n not in names]
+    if missing:
+        raise ConfigError(f"{what} has no entry for parameter {missing[0]!r} of {type(model).__name__} "
+                          f"({len(missing)} missing): was it computed on another model?")
+
+
+class EWCPenalty:
+    """λ/2 · Σ_k F_k (θ − θ*_k)², θ*_k = the weights when each task's Fisher was added.
+
+    ``penalty(model)`` is a scalar tensor with gradients, to add to your loss. More tasks:
+    :meth:`add_task` (separate mode keeps one (F, θ*) per task; online: F ← γF + F_new).
+    """
+
+    def __init__(self, model: nn.Module, fisher: dict[str, Tensor], lam: float, *, mode: str = "separate",
+                 gamma: float = 1.0) -> None:
+        config = TrainConfig(ewc_lambda=lam, ewc_mode=mode, ewc_gamma=gamma)  # the config's range checks
+        self._ewc = EWC(config.ewc_lambda, ewc_mode=config.ewc_mode, ewc_gamma=config.ewc_gamma)
+        self.add_task(model, fisher)
+
+    @property
+    def lam(self) -> float:
+        return self._ewc.ewc_lambda
+
+    def add_task(self, model: nn.Module, fisher: dict[str, Tensor]) -> None:
+        """Consolidate one more task: its Fisher and ``model``'s current weights as θ*."""
+        _check_names(model, list(fisher), "fisher")
+        self._ewc.consolidate({n: f.detach() for n, f in fisher.items()},
+                              {n: p.detach() for n, p in model.named_parameters()})
+
+    def __call__(self, model: nn.Module) -> Tensor:
+        term = self._ewc.model_penalty(model)
+        return term if term is not None else torch.zeros((), device=_device(model))
+
+    def fisher_scale(self) -> dict[str, float]:
+        """Mean and trace of the Fisher λ multiplies: λ means nothing without them."""
+        return self._ewc.stats()
+
+    def state_dict(self) -> dict[str, Tensor | float | int]:
+        return self._ewc.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor | float | int]) -> None:
+        self._ewc.load_state_dict(state)
+
+
+class L2SPPenalty:
+    """λ/2 · ||θ − θ*||², θ* = ``model``'s weights when this is built (L2 toward the starting point)."""
+
+    def __init__(self, model: nn.Module, lam: float) -> None:
+        self._l2sp = L2SP(TrainConfig(l2sp_lambda=lam).l2sp_lambda)
+        self._l2sp.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def __call__(self, model: nn.Module) -> Tensor:
+        term = self._l2sp.model_penalty(model)
+        return term if term is not None else torch.zeros((), device=_device(model))
+
+
+class DistillationLoss:
+    """Learning without forgetting: α·CE + (1 − α)·T²·KL(softmax(z_teacher/T) ‖ softmax(z_student/T)).
+
+    The teacher is a frozen copy of ``teacher`` taken now (pass your model before fine-tuning);
+    the KL runs over ``classes`` (the classes the teacher knew; None: every output).
+    """
+
+    def __init__(self, teacher: nn.Module, temperature: float = 2.0, alpha: float = 0.5, *,
+                 classes: Sequence[int] | None = None) -> None:
+        config = TrainConfig(distill_temperature=temperature, distill_alpha=alpha)
+        self.temperature, self.alpha = config.distill_temperature, config.distill_alpha
+        self.teacher = _frozen_copy(teacher)
+        self.classes = None if classes is None else list(classes)
+
+    def penalty(self, x: Tensor, student_logits: Tensor) -> Tensor:
+        """The (1 − α)·T²·KL term alone, on the student's raw (B, classes) logits."""
+        if self.alpha == 1.0:
+            return torch.zeros((), device=student_logits.device)
+        known = torch.arange(student_logits.shape[1], device=student_logits.device) if self.classes is None \
+            else torch.tensor(self.classes, dtype=torch.long, device=student_logits.device)
+        return distillation_term(self.teacher, x, student_logits, known, self.temperature, self.alpha)
+
+    def __call__(self, student_logits: Tensor, x: Tensor, y: Tensor, *, ce_logits: Tensor | None = None) -> Tensor:
+        """The whole loss; ``ce_logits``: the logits the cross-entropy sees when they differ (a masked head)."""
+        ce = F.cross_entropy(student_logits if ce_logits is None else ce_logits, y)
+        if self.alpha == 1.0:
+            return ce
+        return self.alpha * ce + self.penalty(x, student_logits)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The layers ``frozen_layers`` and ``lr_decay`` count, in order (e.g. stem, layer1..layer4, head)."""
+    return [name for name, _ in named_layers(model)]
+
+
+def param_groups(model: nn.Module, lr: float, lr_decay: float = 1.0, frozen_layers: int = 0) -> list[dict[str, Any]]:
+    """Optimizer groups for discriminative learning rates: layer k of L at lr·decay^(L−1−k).
+
+    Frozen layers (the first ``frozen_layers``; see :func:`freeze_layers`) are left out.
+    """
+    layers = named_layers(model)
+    groups = []
+    for k, (_, layer) in enumerate(layers):
+        params = [p for p in layer.parameters() if p.requires_grad] if k >= frozen_layers else []
+        if params:
+            groups.append({"params": params, "lr": lr * lr_decay ** (len(layers) - 1 - k)})
+    return groups
+
+
+def replay_indices(y: Tensor, size: int, *, seed: int = 0) -> Tensor:
+    """Indices of a class-balanced replay buffer of ``size`` samples of labels ``y`` (max-min fair)."""
+    generator = torch.Generator().manual_seed(seed)
+    classes = sorted(y.unique().tolist())
+    members = [(y == c).nonzero().flatten().cpu() for c in classes]
+    members = [m[torch.randperm(len(m), generator=generator)] for m in members]
+    quotas = balanced_quotas([len(m) for m in members], size)
+    return torch.cat([m[:q] for m, q in zip(members, quotas)]) if members else torch.empty(0, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A ``chosen.yaml``: the training config ``sweep choose`` picked, and the evidence for it."""
+
+    config: TrainConfig
+    evidence: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The strategy's parts, e.g. ("ewc", "freeze")."""
+        return parse_strategy(self.config.strategy)
+
+    @property
+    def finetune_lr(self) -> float:
+        """The learning rate of the fine-tune (tasks 2..T in the sweep)."""
+        return self.config.finetune_lr if self.config.finetune_lr is not None else self.config.lr
+
+    def fisher(self, model: nn.Module, x: Tensor, y: Tensor, *, classes: Sequence[int] | None = None,
+               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The Fisher with the chosen estimator and sample count, on your source data."""
+        c = self.config
+        return compute_fisher(model, x, y, estimator=c.fisher, classes=classes, samples=c.fisher_samples,
+                              batch_size=c.batch_size, generator=generator)
+
+    def ewc(self, model: nn.Module, fisher: dict[str, Tensor]) -> EWCPenalty:
+        c = self.config
+        return EWCPenalty(model, fisher, c.ewc_lambda, mode=c.ewc_mode, gamma=c.ewc_gamma)
+
+    def l2sp(self, model: nn.Module) -> L2SPPenalty:
+        return L2SPPenalty(model, self.config.l2sp_lambda)
+
+    def distillation(self, teacher: nn.Module, *, classes: Sequence[int] | None = None) -> DistillationLoss:
+        return DistillationLoss(teacher, self.config.distill_temperature, self.config.distill_alpha, classes=classes)
+
+    def freeze(self, model: nn.Module) -> list[nn.Parameter]:
+        """Freeze the chosen number of leading layers; returns the parameters left to train."""
+        return freeze_layers(model, self.config.frozen_layers)
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The chosen optimizer for the fine-tune: its lr, weight decay and lr_decay groups, frozen layers out."""
+        c = self.config
+        groups = param_groups(model, self.finetune_lr, c.lr_decay, c.frozen_layers)
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.finetune_lr, weight_decay=c.weight_decay)
+        return torch.optim.Adam(groups, lr=self.finetune_lr, weight_decay=c.weight_decay)
+
+
+def from_chosen(path: str | os.PathLike[str]) -> Chosen:
+    """Read ``sweep choose``'s YAML (or any flat config YAML) into a :class:`Chosen`.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or its config is invalid; one line.
+    """
+    import yaml
+
+    config = TrainConfig.from_yaml(path)
+    document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    evidence = document.get("evidence") if isinstance(document, dict) else None
+    return Chosen(config, dict(evidence) if isinstance(evidence, dict) else {}, str(path))

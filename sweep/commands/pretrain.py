@@ -1,0 +1,58 @@
+"""``sweep pretrain --out source.pt``: train task 1 (the source) once and save its weights.
+
+The checkpoint is what ``--pretrained`` reads: ``sweep train``/``sweep run --pretrained source.pt``
+then start from it, evaluate task 1 instead of training it, and fine-tune on task 2. It is the
+state_dict of the model itself (torchvision's or yours, not a wrapper), written atomically, so your
+own code loads it with ``model.load_state_dict(torch.load(path, weights_only=True))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sweep.commands._config_args import add_config_arguments, config_from_args
+from sweep.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="PATH", help="where to write the source model's state_dict")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+
+
+def pretrain(config, benchmark=None, device="cpu"):  # noqa: ANN001, ANN201 - (TrainConfig, Benchmark) -> tuple
+    """Train task 1 of ``config``'s benchmark exactly as the trainer's first task does (naive, nothing frozen).
+
+    Returns:
+        (model, benchmark, val accuracy, test accuracy) on task 1.
+    """
+    from sweep.trainer import build_run, iter_sequence, load_benchmark
+
+    source = config.replace(strategy="naive", frozen_layers=0, pretrained=None)
+    benchmark = load_benchmark(source) if benchmark is None else benchmark
+    model, strategy = build_run(source, benchmark)
+    steps = iter_sequence(benchmark, model, strategy, source, device=device)
+    report = next(steps)
+    steps.close()  # task 2 is never started
+    return model, benchmark, float(report.val[0, 0]), float(report.test[0, 0])
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sweep.models import save_weights
+
+    config = config_from_args(args)
+    if config.pretrained is not None:
+        raise ConfigError("--pretrained makes no sense here: pretrain trains task 1 from scratch (or --init-weights)")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ConfigError(f"--device {args.device!r} is not a torch device; allowed e.g. cpu, cuda, cuda:0") from None
+    model, benchmark, val, test = pretrain(config, device=device)
+    path = save_weights(model, Path(args.out))
+    print(f"source task {benchmark.tasks[0].name!r} of {config.benchmark} ({config.model}, {config.epochs} epochs, "
+          f"seed {config.seed}): val accuracy {100 * val:.1f}%, test accuracy {100 * test:.1f}%")
+    print(f"wrote {path}; fine-tune from it with --pretrained {path}")
+    return 0
