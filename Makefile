@@ -41,11 +41,11 @@ report:
 	$(PYTHON) -m sweep.cli report $(RESULTS)/$(STUDY)
 
 test:  ## the README's test command: lint, then the whole suite
-	$(PYTHON) -m ruff check sweep tests bench
+	$(PYTHON) -m ruff check sweep tests bench examples
 	$(PYTHON) -m pytest -q
 
 lint:
-	$(PYTHON) -m ruff check sweep tests bench
+	$(PYTHON) -m ruff check sweep tests bench examples
 
 bench:  ## speed and memory as ratios measured in one run; writes bench/out/results.json
 	$(PYTHON) -m bench $(BENCH_FLAGS)

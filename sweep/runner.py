@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -379,7 +380,8 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     if space.strategy != o.strategy:
         raise ConfigError(f"{space.path} searches strategy {space.strategy!r}, not {o.strategy!r}")
     base = base_config(o, space)
-    study = o.study or f"{o.strategy}-{o.benchmark}-{o.scenario}"
+    # a module:function benchmark would put ':' and '.' into a folder name
+    study = o.study or re.sub(r"[^A-Za-z0-9_+-]+", "_", f"{o.strategy}-{o.benchmark}-{o.scenario}")
     results_dir = Path(o.results_dir).resolve()
     study_dir = results_dir / study
     meta = {"study": study, "strategy": o.strategy, "space": space.path,

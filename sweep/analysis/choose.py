@@ -523,8 +523,8 @@ def read_chosen_config(path: str | os.PathLike[str]) -> dict[str, object]:
         document = yaml.safe_load(file.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"cannot read {file}: {err.strerror or err}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{file} is not valid YAML: {err}") from err
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+        raise ConfigError(f"{file} is not valid YAML ({type(err).__name__})") from err
     config = document.get("config") if isinstance(document, dict) else None
     if not isinstance(config, dict):
         raise ConfigError(f"{file} has no 'config' mapping (expected the layout sweep choose writes)")
