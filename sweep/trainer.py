@@ -206,17 +206,20 @@ def iter_sequence(
     T = benchmark.num_tasks
     val = np.full((T, T), np.nan)
     test = np.full((T, T), np.nan)
-    initial_val, initial_test = evaluate_all(model, benchmark, masks)
 
     def logits_fn(x: Tensor, task_ids: Tensor | None) -> Tensor:
         return masked_logits(model, x, task_ids, masks)
 
     first = 0
     cached = prefix.load() if prefix is not None else None
-    if cached is not None:
+    if cached is None:
+        initial_val, initial_test = evaluate_all(model, benchmark, masks)
+    else:
         model.load_state_dict(cached["model"])
-        strategy.load_state_dict(cached["strategy"])
-        generator.set_state(cached["generator"])
+        # the entry is read onto the CPU; the strategy's tensors (Fisher, anchors, indices) belong on the device
+        strategy.load_state_dict({k: v.to(device) if isinstance(v, Tensor) else v
+                                  for k, v in cached["strategy"].items()})
+        generator.set_state(cached["generator"])  # a CPU generator, as the run's always is
         initial_val, initial_test = cached["initial_val"].numpy(), cached["initial_test"].numpy()
         val[0], test[0] = cached["val"].numpy(), cached["test"].numpy()
         first = 1

@@ -58,5 +58,5 @@ def test_class_incremental_replay_keeps_task_1(data_root: Path):
     naive, _ = run(data_root, "class", "naive")
     replay, _ = run(data_root, "class", "replay", replay_size=500)
     assert naive.test[1, 0] < 0.05  # the published near-zero
-    assert replay.test[1, 0] > 0.6  # measured about 0.89-0.91 over seeds 0-2
+    assert replay.test[1, 0] > 0.6  # measured 0.88-0.91 over seeds 0-2
     assert replay.test[1, 1] > 0.85

@@ -76,6 +76,8 @@ class EWC(Strategy):
         return cls(config.ewc_lambda, config.fisher, config.fisher_samples, config.ewc_mode, config.ewc_gamma)
 
     def after_task(self, ctx: TaskContext) -> None:
+        if ctx.task_index == ctx.benchmark.num_tasks - 1:
+            return  # no task follows: this Fisher would never be multiplied by λ (and stats() reports that one)
         fisher = task_fisher(ctx, self.fisher, self.fisher_samples)  # also at λ = 0: see the module docstring
         self.consolidate(fisher, {name: p.detach() for name, p in ctx.model.named_parameters()})
 
