@@ -45,8 +45,12 @@ def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:
 
     free = prefix_free_fields(config.strategy)
     fields = {k: v for k, v in config.to_dict().items() if k not in free}
+    from sweep.strategies import strategy_components
+
     identity = {
         "config": fields,
+        # frozen_layers is prefix-free, but whether freeze is built changes the strategy's state layout
+        "components": list(strategy_components(config)),
         "benchmark": {"name": benchmark.name, "scenario": benchmark.scenario, "num_classes": benchmark.num_classes,
                       "input_shape": list(benchmark.input_shape), "sizes": [[len(t.train), len(t.val), len(t.test)]
                                                                             for t in benchmark.tasks],

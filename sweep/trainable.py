@@ -130,6 +130,8 @@ def run_trial(
         if diverged:
             final = {**{k: 0.0 for k in OBJECTIVES}, "objective": -2.0, "tasks_done": t, "final": True,
                      "status": "diverged", "reason": diverged[0].reason}
+            for run in runs:
+                run.close()  # the other seeds stop here too: no more training for a trial that is over
             break
         metrics = summarize(last, t + 1)  # type: ignore[arg-type]
         result: dict[str, Any] = {
@@ -149,7 +151,7 @@ def run_trial(
     for run in runs:  # finish the generators to collect each strategy's stats (Fisher scale)
         try:
             next(run)
-        except StopIteration as stop:
+        except StopIteration as stop:  # a closed generator (after a divergence) returns None
             for key, value in (stop.value.stats if stop.value else {}).items():
                 stats.setdefault(key, []).append(value)
     final.update({key: float(np.mean(values)) for key, values in stats.items()})

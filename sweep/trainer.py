@@ -324,6 +324,9 @@ def _train_task(
                 return "nan" if torch.isnan(loss.detach()) else "inf"
             if epoch_end(epoch):
                 break
+    # a finite last loss can still be followed by a step that leaves inf/NaN weights
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return "nan"
     return ""
 
 

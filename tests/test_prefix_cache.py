@@ -82,3 +82,12 @@ def test_entries_hold_tensors_and_numbers_only_never_samples(tmp_path: Path):
     for name, value in entry["strategy"].items():
         assert not isinstance(value, torch.Tensor) or value.dtype != torch.uint8, name
         assert not isinstance(value, torch.Tensor) or value.ndim < 2 or value.shape[-1] != image_size, name
+
+
+def test_freezing_or_not_never_shares_an_entry():
+    """frozen_layers is prefix-free, but freezing adds a component whose state layout differs."""
+    config = TrainConfig(strategy="ewc")
+    benchmark = load_benchmark(config)
+    assert prefix_key(config, benchmark) != prefix_key(config.replace(frozen_layers=1), benchmark)
+    assert prefix_key(config.replace(frozen_layers=1), benchmark) == prefix_key(
+        config.replace(frozen_layers=2), benchmark)

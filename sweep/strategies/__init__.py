@@ -115,17 +115,22 @@ def strategy_params(spec: str) -> tuple[str, ...]:
     return tuple(p for name in parse_strategy(spec) for p in STRATEGIES[name].params)
 
 
+def strategy_components(config: TrainConfig) -> tuple[str, ...]:
+    """The components ``build_strategy`` builds: the named ones, plus freeze when layers are frozen."""
+    names = parse_strategy(config.strategy)
+    if config.frozen_layers > 0 and "freeze" not in names:
+        if "joint" in names:
+            raise ConfigError("strategy 'joint' is a reference and cannot freeze layers (frozen_layers must be 0)")
+        names = (*names, "freeze")  # frozen-layer count is a knob of every strategy
+    return names
+
+
 def build_strategy(config: TrainConfig, num_layers: int) -> Strategy:
     """The strategy for ``config``; ``num_layers`` bounds ``frozen_layers``."""
-    names = parse_strategy(config.strategy)
     if config.frozen_layers >= num_layers:
         raise ConfigError(
             f"frozen_layers={config.frozen_layers} would freeze every layer of a {num_layers}-layer model; "
             f"allowed: 0 to {num_layers - 1}"
         )
-    if config.frozen_layers > 0 and "freeze" not in names and "freeze" in STRATEGIES:
-        if "joint" in names:
-            raise ConfigError("strategy 'joint' is a reference and cannot freeze layers (frozen_layers must be 0)")
-        names = (*names, "freeze")  # frozen-layer count is a knob of every strategy
-    parts = [STRATEGIES[name].from_config(config) for name in names]
+    parts = [STRATEGIES[name].from_config(config) for name in strategy_components(config)]
     return parts[0] if len(parts) == 1 else Composite(parts)
