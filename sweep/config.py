@@ -100,16 +100,7 @@ class TrainConfig:
     def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
         """Read a YAML file: either a flat mapping or ``sweep choose``'s ``{config: ..., evidence: ...}``."""
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as err:
-            raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a YAML file (not UTF-8 text)") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: not a config file (nested too deeply to read)") from None
+        data = read_yaml(path, "config")
         if isinstance(data, dict) and "config" in data:
             data = data["config"]
         if not isinstance(data, dict):
@@ -121,6 +112,20 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """``yaml.safe_load`` of a file, every failure a one-line ConfigError naming the file."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML file (not UTF-8 text)") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a {what} file (nested too deeply to read)") from None
 
 
 @functools.cache

@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from sweep.atomic import atomic_write
 from sweep.config import TORCHVISION_MODELS
 from sweep.errors import ConfigError
 
@@ -264,17 +264,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     file = Path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(file, lambda handle: torch.save(state, handle))
     return file
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sweep.atomic import atomic_write
 from sweep.config import TrainConfig
 from sweep.tasks import Benchmark
 
@@ -89,11 +89,4 @@ class PrefixCache:
 
     def save(self, state: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(state, handle)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, lambda handle: torch.save(state, handle))

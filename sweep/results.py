@@ -12,7 +12,6 @@ import fcntl
 import math
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sweep.atomic import atomic_write
 from sweep.errors import ResultsError, SweepError
 from sweep.schema import (
     ACCURACY_COLUMNS,
@@ -79,18 +79,8 @@ def _test_pause(variable: str) -> None:
 
 def atomic_write_table(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` so that a reader sees the old file or the new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        _test_pause(PAUSE_IN_WRITE_ENV)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: pq.write_table(table, handle),
+                 before_replace=lambda: _test_pause(PAUSE_IN_WRITE_ENV))
     _fsync_dir(path.parent)  # the rename itself survives a power cut, not only a killed process
 
 

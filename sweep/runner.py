@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweep.atomic import atomic_write
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError, SweepError
 from sweep.results import (
@@ -589,9 +590,8 @@ def _check_resources(o: SweepOptions) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, default=str).encode()
+    atomic_write(path, lambda handle: handle.write(text))
 
 
 def print_summary(summary: SweepSummary, file: Any = sys.stdout) -> None:

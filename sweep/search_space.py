@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sweep.config import TrainConfig
+from sweep.config import TrainConfig, read_yaml
 from sweep.errors import ConfigError
 from sweep.strategies import parse_strategy, strategy_params
 
@@ -86,21 +84,12 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     """Load and check one search-space file; every problem is a one-line ConfigError."""
     path = Path(path)
     where = str(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         raise ConfigError(
             f"search space {where} does not exist; available in {path.parent}: {', '.join(available) or 'none'}"
-        ) from None
-    except OSError as err:
-        raise ConfigError(f"cannot read search space {where}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: not a YAML file (not UTF-8 text)") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: not a search space (nested too deeply to read)") from None
+        )
+    data = read_yaml(path, "search space")
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(TOP_KEYS)}")
     for key in data:

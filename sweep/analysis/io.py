@@ -9,16 +9,17 @@ one, is refused with a one-line :class:`~sweep.errors.ResultsError` rather than 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sweep import schema
+from sweep.atomic import atomic_write
 from sweep.errors import ResultsError
 
 TRIALS_FILE = "trials.parquet"
@@ -160,36 +161,15 @@ def _check_values(file: Path, trials: pd.DataFrame) -> None:
         raise ResultsError(f"{file}: trial id(s) {ids} appear more than once; each trial must be one row")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish(tmp: str, path: Path) -> None:
-    # mkstemp creates 0600 files; give the result the mode a plain open() would have
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
-def _write_via_tmp(path: Path, write: Callable[[str], None]) -> Path:
-    """Create ``path``'s folder, ``write(tmp)``, rename over ``path``; OSError -> one-line ResultsError."""
+def _write_via_tmp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Create ``path``'s folder and write it atomically; OSError -> one-line ResultsError."""
     if path.is_dir():
         raise ResultsError(f"cannot write {path}: it is a directory; give a file name")
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        write(tmp)
-        _publish(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise ResultsError(f"cannot write {path}: {err.strerror or err}") from err
-        raise
-    return path
+        return atomic_write(path, write)
+    except OSError as err:
+        raise ResultsError(f"cannot write {path}: {err.strerror or err}") from err
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
@@ -207,23 +187,11 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    return _write_via_tmp(Path(path), write)
+    return _write_via_tmp(Path(path), lambda handle: handle.write(payload))
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a DataFrame to Parquet through a temporary file and a rename (see :func:`write_atomic`)."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    return _write_via_tmp(Path(path), write)
+    return _write_via_tmp(Path(path), lambda handle: pq.write_table(table, handle))
