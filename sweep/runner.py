@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -542,14 +542,18 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
 
 
 def summarize_study(study_dir: Path, target: int) -> SweepSummary:
+    import pandas as pd
+
+    from sweep.analysis.pareto import pareto_front
+
     store = StudyStore(study_dir)
     counts = {s: sum(1 for r in store.trials if r["status"] == s) for s in ("finished", "error", "diverged")}
-    finished = [r for r in store.trials if r["status"] == "finished" and r["role"] == "search"]
-    front = [r for r in finished if not any(
-        (q["val_stability_mean"] >= r["val_stability_mean"] and q["val_plasticity_mean"] >= r["val_plasticity_mean"]
-         and (q["val_stability_mean"] > r["val_stability_mean"] or q["val_plasticity_mean"] > r["val_plasticity_mean"]))
-        for q in finished)]
-    front.sort(key=lambda r: -r["val_stability_mean"])
+    trials = pd.DataFrame(store.trials)
+    front: list[dict[str, Any]] = []
+    if not trials.empty:  # the same front the report and `sweep choose` use
+        on_front = pareto_front(trials).to_numpy()
+        front = sorted((row for row, keep in zip(store.trials, on_front) if keep),
+                       key=lambda r: -r["val_stability_mean"])
     return SweepSummary(study_dir, counts, target, front)
 
 
@@ -608,16 +612,3 @@ def print_summary(summary: SweepSummary, file: Any = sys.stdout) -> None:
     d = summary.study_dir
     print(f"results: {d / 'trials.parquet'} and {d / 'accuracy.parquet'}", file=file)
     print(f"Pareto front: sweep report {d}  (or the notebook analysis/study.ipynb)", file=file)
-
-
-def options_dict(o: SweepOptions) -> dict[str, Any]:
-    return asdict(o)
-
-
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False

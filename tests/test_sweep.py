@@ -96,6 +96,7 @@ def test_two_objective_sweep_end_to_end(ray_session, tmp_path: Path):
                                      study="e2e", quiet=True))
     study_dir = tmp_path / "e2e"
     assert summary.complete and summary.counts["finished"] == 6
+    assert summary.front and {r["role"] for r in summary.front} == {"search"}  # the end summary's front
     trials = pq.read_table(study_dir / "trials.parquet")
     assert tuple(trials.column_names) == TRIALS_COLUMNS
     df = trials.to_pandas()
