@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (all of them when None)."""
-    parser = _Parser(prog="sweep", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="sweep", description="Sweep forgetting mitigations and choose a setting with evidence.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
