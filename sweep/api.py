@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError
 from sweep.models import freeze_layers, named_layers
+from sweep.optim import make_optimizer
 from sweep.strategies import parse_strategy
 from sweep.strategies.distill import _frozen_copy, distillation_term
 from sweep.strategies.ewc import EWC
@@ -40,7 +41,7 @@ from sweep.strategies.replay import balanced_quotas
 
 __all__ = [
     "Chosen", "DistillationLoss", "EWCPenalty", "L2SPPenalty", "compute_fisher", "freeze_layers", "from_chosen",
-    "layer_names", "param_groups", "replay_indices",
+    "layer_names", "make_optimizer", "param_groups", "replay_indices",
 ]
 
 
@@ -256,9 +257,7 @@ class Chosen:
         """The chosen optimizer for the fine-tune: its lr, weight decay and lr_decay groups, frozen layers out."""
         c = self.config
         groups = param_groups(model, self.finetune_lr, c.lr_decay, c.frozen_layers)
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=self.finetune_lr, weight_decay=c.weight_decay)
-        return torch.optim.Adam(groups, lr=self.finetune_lr, weight_decay=c.weight_decay)
+        return make_optimizer(c.optimizer, groups, self.finetune_lr, c.weight_decay)
 
 
 def from_chosen(path: str | os.PathLike[str]) -> Chosen:

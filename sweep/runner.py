@@ -175,7 +175,7 @@ class ResultSink:
             "model": config.model, "num_tasks": self.setup["num_tasks"],
             **{f"hp_{k}": (getattr(config, k) if k in relevant else None) for k in HYPERPARAMETERS},
             "n_seeds": len(seeds), "seeds": ",".join(map(str, seeds)),
-            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
             **self.versions,
         }
         return row

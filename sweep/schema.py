@@ -63,7 +63,7 @@ TRIALS_COLUMNS = (
     "fisher_trace",  # sum of the diagonal Fisher
     "duration_s",
     "node",  # the Ray node the trial ran on
-    "finished_at",  # ISO 8601, UTC
+    "finished_at",  # ISO 8601, UTC, to the millisecond: with duration_s, the trials' timeline
     "code_version",
     "torch_version",
     "ray_version",

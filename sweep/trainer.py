@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from sweep.config import TrainConfig
 from sweep.metrics import all_metrics
 from sweep.models import LayeredModel, build_model, freeze_layers, layer_parameters, load_weights
+from sweep.optim import make_optimizer
 from sweep.prefix_cache import PrefixCache
 from sweep.strategies import build_strategy
 from sweep.strategies.base import Batch, Strategy, TaskContext, TrainingData
@@ -138,14 +138,6 @@ class _EarlyStop:
             self.model.load_state_dict(self.state)
 
 
-def _optimizer(config: TrainConfig, params: list[nn.Parameter] | list[dict[str, Any]], lr: float
-               ) -> torch.optim.Optimizer:
-    # a fresh optimizer per task: frozen layers then hold no optimizer state and get no weight decay
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
-
-
 def train_sequence(
     benchmark: Benchmark,
     model: LayeredModel,
@@ -238,7 +230,8 @@ def iter_sequence(
             params = _set_frozen(model, strategy.frozen_layers(t))
             if t > 0 and config.lr_decay != 1.0:
                 params = _layer_groups(model, params, lr, config.lr_decay)
-            optimizer = _optimizer(config, params, lr)
+            # a fresh optimizer per task: frozen layers then hold no optimizer state and get no weight decay
+            optimizer = make_optimizer(config.optimizer, params, lr, config.weight_decay)
             ce_weight = strategy.ce_weight(t)
             stop = None
             if t > 0 and config.early_stop_patience > 0:

@@ -41,11 +41,12 @@ def hand_written_loop(config: TrainConfig, bench: Benchmark) -> tuple[np.ndarray
     for t, task in enumerate(bench.tasks):
         if t == 0:
             params = api.freeze_layers(model, 0)
-            optimizer = torch.optim.Adam(params, lr=config.lr)
+            optimizer = torch.optim.Adam(params, lr=config.lr, fused=True)  # what the trainer uses
         else:
             api.freeze_layers(model, config.frozen_layers)
             lr = config.finetune_lr or config.lr
-            optimizer = torch.optim.Adam(api.param_groups(model, lr, config.lr_decay, config.frozen_layers), lr=lr)
+            optimizer = torch.optim.Adam(api.param_groups(model, lr, config.lr_decay, config.frozen_layers), lr=lr,
+                                         fused=True)
         for _ in range(config.epochs):
             order = torch.randperm(len(task.train), generator=generator)
             for start in range(0, len(task.train), config.batch_size):
