@@ -31,7 +31,6 @@ ROWS: dict[str, Callable[..., list[Row]]] = {
     "prefix_reuse": prefix_reuse.run,
 }
 RAY_ROWS = ("sweep_overhead", "memory", "prefix_reuse")
-PREFIX_WAIT_S = 30 * 60  # full mode: wait this long for SweepOptions.prefix_cache to appear
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,8 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="MNIST in torchvision's layout (default: $SWEEP_DATA_ROOT, else ../shared/data)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the timed runs (default: 1, "
                         "what a sweep trial with --cpus-per-trial 1 gets)")
-    parser.add_argument("--prefix-wait", type=float, default=None,
-                        help=f"seconds to wait for the prefix-cache option (default: {PREFIX_WAIT_S} full, 0 quick)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary studies under bench/out/work")
     return parser.parse_args(argv)
 
@@ -79,12 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
             row_started = time.perf_counter()
             try:
-                if name == "prefix_reuse":
-                    wait = args.prefix_wait if args.prefix_wait is not None else (0.0 if settings.quick else
-                                                                                    PREFIX_WAIT_S)
-                    rows.extend(prefix_reuse.run(settings, wait_s=wait))
-                else:
-                    rows.extend(ROWS[name](settings))
+                rows.extend(ROWS[name](settings))
             except Exception as err:  # one broken row must not hide the others
                 traceback.print_exc()
                 rows.append(unavailable(name, "", "", "", "==", 0.0, "", f"{type(err).__name__}: {err}", "error"))

@@ -101,11 +101,14 @@ def _train_task_one(settings: Settings, limit: int | None) -> dict:
                          batch_size=64, lr=1e-3, seed=0)
     times: dict[str, float] = {}
 
-    class TimedEWC(EWC):  # the package's EWC, with its after-task Fisher timed
+    class TimedEWC(EWC):  # the package's EWC, with the Fisher it computes after a task timed
         def after_task(self, ctx):  # noqa: ANN001, ANN202
             self.ctx = ctx
+            # task 1 is this run's last task, after which EWC skips the Fisher (no penalty would use
+            # it); the Fisher a 2-task trial computes after task 1 is computed here, inside the task
             with timed(settings.device, times, "fisher"):
-                super().after_task(ctx)
+                task_fisher(ctx, self.fisher)
+            super().after_task(ctx)
 
     # warm-up on a few samples: first-call costs (torch's compiler import at the first optimizer,
     # allocator growth) must not land in the epoch

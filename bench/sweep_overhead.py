@@ -5,7 +5,8 @@ package's defaults otherwise (``sweep run``'s 3 seeds per trial and the prefix c
 Ideal wall time = Σ ``duration_s`` (each trial's own time, from trials.parquet) / 2; the share
 lost = 1 − ideal / wall: Ray's start-up, the trial actors' start-up (importing torch), Tune and
 Optuna, and the Parquet writes. Full mode lets ``run_sweep`` start Ray itself, so Ray's start-up
-is in the wall time, as it is for a user.
+is in the wall time, as it is for a user's first sweep; the details add the same sweep on a Ray
+that is already running (``--address`` to a started Ray) and the steady-state share.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bench.common import Row, Settings
-from bench.sweeps import measured_sweep
+from bench.sweeps import SweepRun, measured_sweep, trial_span
 
 TRIALS = 8
 QUICK_TRIALS = 2
@@ -57,14 +58,18 @@ def run(settings: Settings) -> list[Row]:
     seeds = 1 if settings.quick else SweepOptions.seeds  # the package's default: what a user's sweep pays
     steps: dict[str, float] = {}
     # where the lost time goes: Ray's start and stop, reading the data on the driver
-    called = time.time()
     with _timing(sweep.runner, "_init_ray", steps), _timing(ray, "shutdown", steps), \
             _timing(sweep.benchmarks, "build_benchmark", steps):
         result = measured_sweep(settings, trials=trials, concurrent=CONCURRENT, seeds=seeds)
     durations = result.trials["duration_s"].astype(float)
     ideal = float(durations.sum()) / CONCURRENT
     lost = 1.0 - ideal / result.wall_s
-    timeline = _timeline(result.trials, called, result.wall_s)
+    timeline = _timeline(result)
+    warm = None
+    if not settings.quick:  # the same sweep on a Ray already running: what `--address` to a started Ray pays
+        warm_run = measured_sweep(settings, trials=trials, concurrent=CONCURRENT, seeds=seeds, own_ray=True)
+        warm_ideal = float(warm_run.trials["duration_s"].astype(float).sum()) / CONCURRENT
+        warm = {"wall_s": warm_run.wall_s, "ideal_s": warm_ideal, "share_lost": 1.0 - warm_ideal / warm_run.wall_s}
     return [Row(
         "sweep_overhead", f"{trials}-trial EWC sweep, {CONCURRENT} concurrent: wall vs Σ trial time / {CONCURRENT}",
         "s", result.wall_s, ideal, lost, "share lost", "<", TARGET_SHARE, f"< {TARGET_SHARE:.0%}",
@@ -75,11 +80,12 @@ def run(settings: Settings) -> list[Row]:
                  "ray_startup_in_wall": not settings.quick,
                  "lost_s": result.wall_s - ideal, "ray_init_s": steps.get("_init_ray"),
                  "ray_shutdown_s": steps.get("shutdown"), "driver_data_s": steps.get("build_benchmark"),
-                 "tune_and_actors_s": result.wall_s - ideal - sum(steps.values()), **timeline},
+                 "tune_and_actors_s": result.wall_s - ideal - sum(steps.values()), **timeline,
+                 "ray_already_running": warm},
     )]
 
 
-def _timeline(trials: Any, called: float, wall_s: float) -> dict[str, float]:
+def _timeline(run: SweepRun) -> dict[str, float]:
     """Fixed costs against what each further trial pays, from each trial's end (``finished_at``, ms) and duration.
 
     ``to_first_trial_s``: from the call to the first trial's start (Ray's start, the first actors
@@ -87,11 +93,8 @@ def _timeline(trials: Any, called: float, wall_s: float) -> dict[str, float]:
     shutdown). ``steady_share_lost``: the share lost while trials run (gaps between trials, the
     last pair's imbalance): what a sweep of hundreds of trials loses once the fixed costs are paid.
     """
-    import pandas as pd
-
-    ends = pd.to_datetime(trials["finished_at"], utc=True).map(lambda t: t.timestamp()).astype(float)
-    starts = ends - trials["duration_s"].astype(float)
-    span = float(ends.max() - starts.min())
-    return {"to_first_trial_s": float(starts.min() - called), "after_last_trial_s": called + wall_s - float(ends.max()),
-            "trials_span_s": span,
-            "steady_share_lost": 1.0 - float(trials["duration_s"].sum()) / (CONCURRENT * span) if span > 0 else 0.0}
+    first, last = trial_span(run.trials)
+    span = last - first
+    busy = float(run.trials["duration_s"].astype(float).sum())
+    return {"to_first_trial_s": first - run.started_at, "after_last_trial_s": run.started_at + run.wall_s - last,
+            "trials_span_s": span, "steady_share_lost": 1.0 - busy / (CONCURRENT * span) if span > 0 else 0.0}

@@ -46,6 +46,7 @@ def timed_sweep(options: Any) -> float:
 
 @dataclass
 class SweepRun:
+    started_at: float  # time.time() when run_sweep was called
     wall_s: float
     trials: Any  # trials.parquet as a DataFrame
     accuracy: Any  # accuracy.parquet as a DataFrame
@@ -82,13 +83,23 @@ def measured_sweep(settings: Settings, *, trials: int, concurrent: int, seeds: i
     with studies_dir(settings, f"t{trials}-c{concurrent}-p{prefix_cache}") as results:
         options = sweep_options(settings, results, "study", trials=trials, concurrent=concurrent, seeds=seeds, **extra)
         with local_ray() if own_ray else nullcontext(), MemorySampler(enabled=sample_memory or settings.quick) as mem:
+            called = time.time()
             wall = timed_sweep(options)
-        run = SweepRun(wall, pd.read_parquet(results / "study" / "trials.parquet"),
+        run = SweepRun(called, wall, pd.read_parquet(results / "study" / "trials.parquet"),
                        pd.read_parquet(results / "study" / "accuracy.parquet"),
                        len(list((results / "study" / "cache").glob("*.pt"))), mem.peak, mem.peak_processes, mem.samples)
     if settings.quick:
         _QUICK_RUNS[key] = run
     return run
+
+
+def trial_span(trials: Any) -> tuple[float, float]:
+    """(first trial's start, last trial's end) as time.time() values, from ``finished_at`` (ms) and ``duration_s``."""
+    import pandas as pd
+
+    ends = pd.to_datetime(trials["finished_at"], utc=True).map(lambda t: t.timestamp()).astype(float)
+    starts = ends - trials["duration_s"].astype(float)
+    return float(starts.min()), float(ends.max())
 
 
 @contextmanager

@@ -40,6 +40,11 @@ def prefix_free_fields(strategy_spec: str) -> set[str]:
     return free
 
 
+# bumped whenever the trainer's arithmetic changes, so a study's old entries are not reused by code
+# that would compute another task-1 model (2: fused Adam/SGD)
+TRAINER_NUMERICS = 2
+
+
 def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:
     from sweep import __version__
 
@@ -55,7 +60,7 @@ def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:
                       "input_shape": list(benchmark.input_shape), "sizes": [[len(t.train), len(t.val), len(t.test)]
                                                                             for t in benchmark.tasks],
                       "info": {k: v for k, v in benchmark.info.items() if k != "data_root"}},
-        "versions": [__version__, torch.__version__],
+        "versions": [__version__, TRAINER_NUMERICS, torch.__version__],
     }
     files = {name: _file_digest(getattr(config, name)) for name in WEIGHT_FILES if getattr(config, name) is not None}
     if files:  # the same path may hold another checkpoint next time
