@@ -24,16 +24,16 @@ from sweep.atomic import atomic_write
 from sweep.errors import ResultsError, SweepError
 from sweep.schema import (
     ACCURACY_COLUMNS,
+    ACCURACY_FILE,
     HYPERPARAMETERS,
     METRICS,
     SCHEMA_VERSION,
     SPLITS,
     TRIALS_COLUMNS,
+    TRIALS_FILE,
     metric_column,
 )
 
-TRIALS_FILE = "trials.parquet"
-ACCURACY_FILE = "accuracy.parquet"
 LOCK_FILE = ".lock"
 
 _HP_TYPES = {

@@ -36,14 +36,13 @@ from sweep.results import (
     release_study_lock,
     study_lock_holder,
 )
-from sweep.schema import HYPERPARAMETERS, METRICS, SPLITS, metric_column
+from sweep.schema import HYPERPARAMETERS, METRICS, SPLITS, STUDY_FILE, metric_column
 from sweep.search_space import GENERAL_PARAMS, SearchSpace, load_space, space_path
 from sweep.strategies import strategy_params
 from sweep.trainable import OBJECTIVES
 
 SAMPLERS = ("tpe", "nsga2")
 OBJECTIVE_MODES = ("pareto", "constrained")
-STUDY_META = "study.json"
 
 
 @dataclass(frozen=True)
@@ -392,14 +391,14 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     holder = study_lock_holder(study_dir)
     if holder is not None:
         raise SweepError(locked_message(study_dir, holder))
-    exists = (study_dir / STUDY_META).exists()
+    exists = (study_dir / STUDY_FILE).exists()
     if exists and not o.resume:
         raise ConfigError(f"study {study_dir} already exists; pass --resume to continue it or choose another --study")
     if exists:
         _check_resume(study_dir, meta)
         StudyStore(study_dir)  # a torn or foreign Parquet file is refused now, before Ray starts
     elif o.resume and study_dir.exists() and any(study_dir.iterdir()):
-        raise ConfigError(f"{study_dir} holds files but no {STUDY_META}; it is not a study this tool can resume")
+        raise ConfigError(f"{study_dir} holds files but no {STUDY_FILE}; it is not a study this tool can resume")
     _check_writable(results_dir)
 
     # the data is read once, on the driver: a missing file fails here, before Ray starts
@@ -440,7 +439,7 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
         started_ray = _init_ray(o)
         _check_resources(o)
         if not exists:
-            _write_json(study_dir / STUDY_META, meta)
+            _write_json(study_dir / STUDY_FILE, meta)
         created = False  # from here on the folder is a real study and is kept
         return _run(o, space, base, study, study_dir, benchmark_to_arrays(benchmark), benchmark.num_tasks)
     finally:
@@ -559,11 +558,11 @@ def summarize_study(study_dir: Path, target: int) -> SweepSummary:
 
 def _check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
     try:
-        old = json.loads((study_dir / STUDY_META).read_text())
+        old = json.loads((study_dir / STUDY_FILE).read_text())
     except (OSError, ValueError, RecursionError):  # ValueError: not JSON, not UTF-8
         old = None
     if not isinstance(old, dict):
-        raise ConfigError(f"{study_dir / STUDY_META} is unreadable; cannot resume this study")
+        raise ConfigError(f"{study_dir / STUDY_FILE} is unreadable; cannot resume this study")
     for key in ("strategy", "base_config", "seeds", "objective", "space_sha256"):
         if old.get(key) != json.loads(json.dumps(meta[key])):
             raise ConfigError(f"--resume: {key} differs from the study's ({old.get(key)!r}); "

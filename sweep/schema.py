@@ -9,6 +9,11 @@ from __future__ import annotations
 
 SCHEMA_VERSION = 1
 
+# a study folder: results/<study>/
+TRIALS_FILE = "trials.parquet"
+ACCURACY_FILE = "accuracy.parquet"
+STUDY_FILE = "study.json"  # the study's settings: base_config (every trial's fixed part), seeds, objective
+
 SPLITS = ("val", "test")  # val is what the search optimises; test is reported, never searched on
 METRICS = ("stability", "plasticity", "acc", "bwt", "fwt", "forgetting", "retention")  # see sweep.metrics
 STATUSES = ("finished", "error", "diverged")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import pickle
 import typing
@@ -403,6 +404,36 @@ def test_chosen_config_is_accepted_by_train_config(hand_study: Path, tmp_path: P
     config = read_chosen_config(write_choice(choice, tmp_path / "chosen.yaml"))
     config_module.TrainConfig.from_mapping(config)
     config_module.TrainConfig.from_yaml(tmp_path / "chosen.yaml")  # what `sweep train --config` reads
+
+
+def test_chosen_config_carries_the_study_fixed_settings(hand_study: Path, tmp_path: Path) -> None:
+    """What the search did not vary (hidden sizes, validation share, class order, the checkpoint)
+    comes from study.json, so `sweep train --config chosen.yaml` rebuilds the trial, not a default."""
+    from sweep.config import TrainConfig
+
+    checkpoint = tmp_path / "source.pt"
+    checkpoint.write_bytes(b"")  # only its path is read here
+    base = {"benchmark": "split-digits", "scenario": "task", "num_tasks": 2, "model": "mlp", "data_root": None,
+            "strategy": "ewc", "hidden": [64, 32], "val_fraction": 0.2, "class_order": [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+            "epochs": 7, "pretrained": str(checkpoint), "not_a_field": 1}
+    (hand_study / schema.STUDY_FILE).write_text(json.dumps({"study": "hand", "base_config": base}))
+    choice = choose(load_study(hand_study), "stability", ["plasticity >= naive - 0.01"])
+    config = read_chosen_config(write_choice(choice, tmp_path / "chosen.yaml"))
+    assert config["hidden"] == [64, 32] and config["val_fraction"] == 0.2 and config["pretrained"] == str(checkpoint)
+    assert config["class_order"] == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    assert config["epochs"] == 3 and config["ewc_lambda"] == 10.0  # the trial's own values win
+    assert "not_a_field" not in config and "data_root" not in config
+    train = TrainConfig.from_yaml(tmp_path / "chosen.yaml")
+    assert train.hidden == (64, 32) and train.val_fraction == 0.2 and train.epochs == 3
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"base_config": "x"}'])
+def test_choose_refuses_an_unreadable_study_json(hand_study: Path, text: str) -> None:
+    (hand_study / schema.STUDY_FILE).write_text(text)
+    choice = choose(load_study(hand_study), "stability", ["plasticity >= naive - 0.01"])
+    with pytest.raises(ResultsError, match="study.json") as info:
+        choice.config()
+    assert "\n" not in str(info.value)
 
 
 def test_hyperparameter_types_match_train_config() -> None:

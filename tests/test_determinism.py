@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,16 +41,22 @@ def test_run_config_twice_gives_the_same_accuracy_matrix(strategy: str, one_thre
 
 
 @pytest.mark.ray
-def test_a_ray_trial_gives_the_same_accuracy_matrix_as_run_config(ray_session, tmp_path: Path, one_thread: None):
+def test_a_ray_trial_gives_the_same_accuracy_matrix_as_its_chosen_config(ray_session, tmp_path: Path,
+                                                                         one_thread: None):
+    """`sweep choose`'s config, fed back to the trainer, rebuilds the trial bit for bit: the searched
+    values and the study's fixed settings (here a non-default hidden size and validation share)."""
+    from sweep.analysis.choose import choose
+    from sweep.analysis.io import load_study
     from sweep.runner import SweepOptions, run_sweep
 
     run_sweep(SweepOptions(strategy="replay", trials=1, seeds=1, results_dir=str(tmp_path), study="same",
-                           references=False, quiet=True))
+                           references=False, quiet=True, extra={"hidden": [48], "val_fraction": 0.15}))
     study = tmp_path / "same"
     row = pq.read_table(study / "trials.parquet").to_pylist()[0]
-    base = json.loads((study / "study.json").read_text())["base_config"]
-    searched = {name: row[f"hp_{name}"] for name in ("replay_size", "replay_ratio")}
-    outside = run_config(TrainConfig.from_mapping({**base, **searched, "seed": 0}))
+    chosen = choose(load_study(study), "stability").config()
+    assert chosen["hidden"] == [48] and chosen["val_fraction"] == 0.15
+    assert chosen["replay_size"] == row["hp_replay_size"] and chosen["replay_ratio"] == row["hp_replay_ratio"]
+    outside = run_config(TrainConfig.from_mapping({**chosen, "seed": 0}))
 
     accuracy = pq.read_table(study / "accuracy.parquet").to_pandas()
     T = outside.val.shape[0]

@@ -200,14 +200,16 @@ class Choice:
         return next(split for split in schema.SPLITS if split != self.split)
 
     def config(self) -> dict[str, object]:
-        """The flat training config of the trial: settings plus every non-null hyperparameter.
+        """The flat training config of the trial: the study's fixed settings (``study.json``: the
+        hidden sizes, validation share, class order, checkpoint path, ...), then the trial's
+        settings and every non-null hyperparameter.
 
         Raises:
             ResultsError: a hyperparameter value cannot be its TrainConfig type (e.g. 2.5 epochs).
         """
         if self.trial is None:
             raise ResultsError(f"study {self.study.name} has no trial to take a config from")
-        config: dict[str, object] = {}
+        config: dict[str, object] = study_fixed_config(self.study.path)
         for column in CONFIG_SETTINGS:
             value = _plain(self.trial[column])
             config[column] = int(value) if column == "num_tasks" and value is not None else value  # type: ignore[arg-type]
@@ -503,6 +505,35 @@ def format_choice(choice: Choice) -> str:
             " (more seeds would be needed to separate them)"
         )
     return "\n".join(lines)
+
+
+def study_fixed_config(folder: Path) -> dict[str, object]:
+    """The fixed part of every trial's config, from the study's ``study.json``; {} without one.
+
+    Only :class:`~sweep.config.TrainConfig` fields with a value are kept: what ``sweep train
+    --config`` needs to rebuild the trial beyond its searched hyperparameters.
+
+    Raises:
+        ResultsError: ``study.json`` exists but is unreadable or holds no ``base_config`` mapping.
+    """
+    import dataclasses
+    import json
+
+    from sweep.config import TrainConfig
+
+    path = folder / schema.STUDY_FILE
+    if not path.exists():  # a study assembled by hand: its trials' columns are all there is
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: not JSON, not UTF-8
+        raise ResultsError(f"{path} is unreadable ({type(err).__name__}); the chosen config needs its "
+                           "base_config") from None
+    base = meta.get("base_config") if isinstance(meta, dict) else None
+    if not isinstance(base, dict):
+        raise ResultsError(f"{path} holds no base_config mapping; the chosen config needs it")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {key: value for key, value in base.items() if key in names and value is not None}
 
 
 def write_choice(choice: Choice, path: str | os.PathLike[str]) -> Path:

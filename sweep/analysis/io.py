@@ -21,9 +21,7 @@ import pyarrow.parquet as pq
 from sweep import schema
 from sweep.atomic import atomic_write
 from sweep.errors import ResultsError
-
-TRIALS_FILE = "trials.parquet"
-ACCURACY_FILE = "accuracy.parquet"
+from sweep.schema import ACCURACY_FILE, TRIALS_FILE
 
 
 @dataclass(frozen=True, eq=False)
