@@ -62,19 +62,20 @@ def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:
                       "info": {k: v for k, v in benchmark.info.items() if k != "data_root"}},
         "versions": [__version__, TRAINER_NUMERICS, torch.__version__],
     }
-    files = {name: _file_digest(getattr(config, name)) for name in WEIGHT_FILES if getattr(config, name) is not None}
+    files = {name: file_digest(getattr(config, name)) for name in WEIGHT_FILES if getattr(config, name) is not None}
     if files:  # the same path may hold another checkpoint next time
         identity["files"] = files
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def _file_digest(path: str) -> str:
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes; "unreadable" when it cannot be read (loading it fails later, with its own message)."""
     try:
         with open(path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError:
-        return "unreadable"  # loading it fails later, with its own message
+        return "unreadable"
 
 
 class PrefixCache:

@@ -29,6 +29,7 @@ from typing import Any
 from sweep.atomic import atomic_write
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError, SweepError
+from sweep.prefix_cache import WEIGHT_FILES, file_digest
 from sweep.results import (
     StudyStore,
     acquire_study_lock,
@@ -387,7 +388,9 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     meta = {"study": study, "strategy": o.strategy, "space": space.path,
             "space_sha256": hashlib.sha256(Path(space.path).read_bytes()).hexdigest(),
             "base_config": base, "seeds": list(range(o.seeds)), "objective": o.objective,
-            "min_plasticity": o.min_plasticity, "sampler": o.sampler}
+            "min_plasticity": o.min_plasticity, "sampler": o.sampler,
+            # the checkpoints' contents, not only their paths: a file replaced since is refused on --resume
+            "weights_sha256": {key: file_digest(base[key]) for key in WEIGHT_FILES if base.get(key)}}
     holder = study_lock_holder(study_dir)
     if holder is not None:
         raise SweepError(locked_message(study_dir, holder))
@@ -567,6 +570,13 @@ def _check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
         if old.get(key) != json.loads(json.dumps(meta[key])):
             raise ConfigError(f"--resume: {key} differs from the study's ({old.get(key)!r}); "
                               "resume with the same settings or start another --study")
+    recorded = old.get("weights_sha256", {})  # absent in studies made before it was recorded
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{study_dir / STUDY_FILE}: weights_sha256 is not a mapping; cannot resume this study")
+    for name, digest in recorded.items():
+        if meta["weights_sha256"].get(name) != digest:
+            raise ConfigError(f"--resume: the {name} file {meta['base_config'].get(name)} has changed since the "
+                              "study started (its sha256 differs); restore it or start another --study")
 
 
 def _check_writable(results_dir: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +196,8 @@ def test_production_loop_example_runs(ray_session, tmp_path: Path):
     assert 0.0 <= numbers["source_after_chosen"] <= 1.0 and numbers["source_before"] > 0.3
     chosen = api.from_chosen(tmp_path / "ewc-my-tasks" / "chosen.yaml")
     assert chosen.config.benchmark == "examples.my_tasks:build" and chosen.config.model == "examples.my_models:build"
+    # the study's fixed settings travel with the choice: the checkpoint every trial started from
+    checkpoint = tmp_path / "ewc-my-tasks-source.pt"
+    assert chosen.config.pretrained == str(checkpoint.resolve()) and chosen.config.scenario == "domain"
+    meta = json.loads((tmp_path / "ewc-my-tasks" / "study.json").read_text())
+    assert meta["weights_sha256"] == {"pretrained": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}

@@ -394,6 +394,32 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(case: Case, world: 
     assert after == before  # nothing written, nothing removed, nothing touched
 
 
+def test_resume_refuses_a_checkpoint_replaced_since_the_study_started(tmp_path: Path):
+    """The study records the checkpoint's sha256, not only its path: a file swapped under the same
+    name would otherwise mix trials fine-tuned from two different models in one study."""
+    from sweep.errors import ConfigError
+    from sweep.runner import SweepOptions, base_config, run_sweep
+    from sweep.search_space import load_space, space_path
+
+    checkpoint = tmp_path / "source.pt"
+    checkpoint.write_bytes(b"the checkpoint the study started from")
+    options = SweepOptions(strategy="naive", epochs=1, trials=1, seeds=1, results_dir=str(tmp_path / "results"),
+                           study="s", pretrained=str(checkpoint), resume=True, quiet=True)
+    space = load_space(space_path("naive"))
+    meta = {"study": "s", "strategy": "naive", "space": space.path, "objective": "pareto", "seeds": [0],
+            "space_sha256": hashlib.sha256(Path(space.path).read_bytes()).hexdigest(),
+            "base_config": base_config(options, space),
+            "weights_sha256": {"pretrained": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}}
+    study = tmp_path / "results" / "s"
+    study.mkdir(parents=True)
+    (study / "study.json").write_text(json.dumps(meta))
+    checkpoint.write_bytes(b"another model saved under the same name")
+    before = listing(tmp_path)
+    with pytest.raises(ConfigError, match="pretrained file .* has changed since the study started") as info:
+        run_sweep(options)
+    assert "\n" not in str(info.value) and listing(tmp_path) == before
+
+
 # --- property-based: any input parses to a valid object or raises the typed error, never anything else
 
 def text(max_size: int) -> st.SearchStrategy[str]:
