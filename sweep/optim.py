@@ -1,9 +1,11 @@
-"""The optimizer every trial and every production fine-tune uses: Adam or SGD, fused where torch has it.
+"""The optimizer every trial and every production fine-tune uses: Adam (fused where torch has it) or SGD.
 
-torch's fused kernels (one pass over all the weights per step) take a 269k-weight MLP's Adam step
-from 0.49 ms to 0.18 ms on one CPU core, against a 1.1 ms forward and backward at batch 64. They
-exist for floating-point weights on the CPU and on CUDA; anything else gets torch's default path.
-A hand-written loop reproduces the trainer bit for bit with ``torch.optim.Adam(..., fused=True)``.
+torch's fused Adam kernel (one pass over all the weights per step) takes a 269k-weight MLP's step
+from 0.49 ms to 0.18 ms on one CPU core, against a 1.1 ms forward and backward at batch 64. It
+exists for floating-point weights on the CPU and on CUDA; anything else gets torch's default path.
+SGD keeps torch's default path: its fused kernel refuses sparse gradients (``nn.Embedding(sparse=True)``),
+which plain SGD accepts. A hand-written loop reproduces the trainer bit for bit with
+``torch.optim.Adam(..., fused=True)`` (or plain ``torch.optim.SGD``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor
 
 from sweep.config import OPTIMIZERS
 
@@ -20,13 +22,25 @@ FUSED_DEVICES = ("cpu", "cuda")
 
 
 def make_optimizer(
-    kind: str, params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], lr: float, weight_decay: float = 0.0
+    kind: str, params: Tensor | Iterable[Tensor] | Iterable[dict[str, Any]], lr: float, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """``torch.optim.Adam`` (``kind="adam"``) or ``SGD`` over ``params`` (tensors or param groups)."""
+    """``torch.optim.Adam`` (``kind="adam"``) or ``SGD`` over ``params``: tensors, or groups as torch takes them."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"optimizer {kind!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
-    params = list(params)
-    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
-    fused = bool(tensors) and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in tensors)
-    cls = torch.optim.SGD if kind == "sgd" else torch.optim.Adam
-    return cls(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    items = [params] if isinstance(params, Tensor) else list(params)
+    if items and all(isinstance(item, dict) for item in items):
+        # a group's params may be a generator (model.parameters()): read it once, hand torch the list
+        items = [{**group, "params": _tensors(group["params"])} for group in items]
+        tensors = [p for group in items for p in group["params"]]
+    else:
+        tensors = items
+    if kind == "sgd":
+        return torch.optim.SGD(items, lr=lr, weight_decay=weight_decay)
+    fused = bool(tensors) and all(
+        isinstance(p, Tensor) and p.device.type in FUSED_DEVICES and p.is_floating_point() for p in tensors
+    )
+    return torch.optim.Adam(items, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def _tensors(params: Tensor | Iterable[Tensor]) -> list[Tensor]:
+    return [params] if isinstance(params, Tensor) else list(params)
