@@ -107,7 +107,7 @@ def _train_task_one(settings: Settings, limit: int | None) -> dict:
             # task 1 is this run's last task, after which EWC skips the Fisher (no penalty would use
             # it); the Fisher a 2-task trial computes after task 1 is computed here, inside the task
             with timed(settings.device, times, "fisher"):
-                task_fisher(ctx, self.fisher)
+                task_fisher(ctx, self.fisher, self.fisher_samples)
             super().after_task(ctx)
 
     # warm-up on a few samples: first-call costs (torch's compiler import at the first optimizer,

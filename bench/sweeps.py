@@ -97,7 +97,7 @@ def trial_span(trials: Any) -> tuple[float, float]:
     """(first trial's start, last trial's end) as time.time() values, from ``finished_at`` (ms) and ``duration_s``."""
     import pandas as pd
 
-    ends = pd.to_datetime(trials["finished_at"], utc=True).map(lambda t: t.timestamp()).astype(float)
+    ends = pd.to_datetime(trials["finished_at"], utc=True, format="ISO8601").map(lambda t: t.timestamp()).astype(float)
     starts = ends - trials["duration_s"].astype(float)
     return float(starts.min()), float(ends.max())
 

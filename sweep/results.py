@@ -52,7 +52,7 @@ _TRIALS_TYPES: dict[str, pa.DataType] = {
     "role": pa.string(), "strategy": pa.string(), "benchmark": pa.string(), "scenario": pa.string(),
     "model": pa.string(), "num_tasks": pa.int64(),
     **{f"hp_{k}": v for k, v in _HP_TYPES.items()},
-    "n_seeds": pa.int64(), "seeds": pa.string(),
+    "n_seeds": pa.int64(), "seeds": pa.string(), "config": pa.string(),
     **{metric_column(s, m, stat): pa.float64() for s in SPLITS for m in METRICS for stat in ("mean", "std")},
     "fisher_mean": pa.float64(), "fisher_trace": pa.float64(), "duration_s": pa.float64(), "node": pa.string(),
     "finished_at": pa.string(), "code_version": pa.string(), "torch_version": pa.string(),

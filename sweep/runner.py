@@ -37,7 +37,7 @@ from sweep.results import (
     release_study_lock,
     study_lock_holder,
 )
-from sweep.schema import HYPERPARAMETERS, METRICS, SPLITS, STUDY_FILE, metric_column
+from sweep.schema import HYPERPARAMETERS, MACHINE_FIELDS, METRICS, SPLITS, STUDY_FILE, metric_column
 from sweep.search_space import GENERAL_PARAMS, SearchSpace, load_space, space_path
 from sweep.strategies import strategy_params
 from sweep.trainable import OBJECTIVES
@@ -175,6 +175,9 @@ class ResultSink:
             "model": config.model, "num_tasks": self.setup["num_tasks"],
             **{f"hp_{k}": (getattr(config, k) if k in relevant else None) for k in HYPERPARAMETERS},
             "n_seeds": len(seeds), "seeds": ",".join(map(str, seeds)),
+            # settings and the strategy's own hyperparameters; not the other strategies' defaults
+            "config": json.dumps({k: v for k, v in config.to_dict().items() if k not in MACHINE_FIELDS
+                                  and v is not None and (k not in HYPERPARAMETERS or k in relevant)}),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
             **self.versions,
         }

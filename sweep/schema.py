@@ -7,7 +7,9 @@ The sweep writes these files and the analysis side reads only them. A file whose
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the config column
+
+MACHINE_FIELDS = ("seed", "data_root")  # TrainConfig fields the config column leaves out
 
 # a study folder: results/<study>/
 TRIALS_FILE = "trials.parquet"
@@ -63,6 +65,9 @@ TRIALS_COLUMNS = (
     *(f"hp_{name}" for name in HYPERPARAMETERS),
     "n_seeds",
     "seeds",  # comma-separated, e.g. "0,1,2"
+    # the trial's whole TrainConfig as JSON, seed and data_root left out (the seeds column has the
+    # seeds; a data root is a path on the machine that ran the sweep): what `sweep choose` writes out
+    "config",
     *(metric_column(s, m, stat) for s in SPLITS for m in METRICS for stat in ("mean", "std")),
     "fisher_mean",  # mean of the diagonal Fisher over parameters (NaN without EWC)
     "fisher_trace",  # sum of the diagonal Fisher

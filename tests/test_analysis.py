@@ -17,7 +17,7 @@ import yaml
 from sweep import schema
 from sweep.analysis import choose as choose_mod
 from sweep.analysis import pareto
-from sweep.analysis.choose import choose, parse_constraint, read_chosen_config, write_choice
+from sweep.analysis.choose import choose, format_choice, parse_constraint, read_chosen_config, write_choice
 from sweep.analysis.io import load_studies, load_study
 from sweep.analysis.testing import make_study, trial_row, write_study
 from sweep.errors import ConfigError, ResultsError
@@ -406,32 +406,34 @@ def test_chosen_config_is_accepted_by_train_config(hand_study: Path, tmp_path: P
     config_module.TrainConfig.from_yaml(tmp_path / "chosen.yaml")  # what `sweep train --config` reads
 
 
-def test_chosen_config_carries_the_study_fixed_settings(hand_study: Path, tmp_path: Path) -> None:
+def test_chosen_config_carries_the_trials_whole_config(hand_study: Path, tmp_path: Path) -> None:
     """What the search did not vary (hidden sizes, validation share, class order, the checkpoint)
-    comes from study.json, so `sweep train --config chosen.yaml` rebuilds the trial, not a default."""
+    comes from the trial's config column, so `sweep train --config chosen.yaml` rebuilds the trial."""
     from sweep.config import TrainConfig
 
     checkpoint = tmp_path / "source.pt"
     checkpoint.write_bytes(b"")  # only its path is read here
-    base = {"benchmark": "split-digits", "scenario": "task", "num_tasks": 2, "model": "mlp", "data_root": None,
-            "strategy": "ewc", "hidden": [64, 32], "val_fraction": 0.2, "class_order": [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
-            "epochs": 7, "pretrained": str(checkpoint), "not_a_field": 1}
-    (hand_study / schema.STUDY_FILE).write_text(json.dumps({"study": "hand", "base_config": base}))
-    choice = choose(load_study(hand_study), "stability", ["plasticity >= naive - 0.01"])
+    whole = {"benchmark": "split-digits", "scenario": "task", "model": "mlp", "strategy": "ewc", "hidden": [64, 32],
+             "val_fraction": 0.2, "class_order": [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], "epochs": 3, "lr": 0.001,
+             "ewc_lambda": 10.0, "pretrained": str(checkpoint), "data_root": "/elsewhere/data", "seed": 7}
+    rows = [dict(row, config=json.dumps(whole)) if row["trial_id"] == "b" else row for row in HAND_ROWS]
+    study = write_study(tmp_path / "whole", rows)
+    choice = choose(load_study(study), "stability", ["plasticity >= naive - 0.01"])
+    assert choice.trial is not None and choice.trial["trial_id"] == "b"
     config = read_chosen_config(write_choice(choice, tmp_path / "chosen.yaml"))
     assert config["hidden"] == [64, 32] and config["val_fraction"] == 0.2 and config["pretrained"] == str(checkpoint)
-    assert config["class_order"] == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
-    assert config["epochs"] == 3 and config["ewc_lambda"] == 10.0  # the trial's own values win
-    assert "not_a_field" not in config and "data_root" not in config
+    assert config["class_order"] == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0] and config["ewc_lambda"] == 10.0
+    assert "data_root" not in config and "seed" not in config  # the sweep machine's path; trials ran seeds 0..n-1
     train = TrainConfig.from_yaml(tmp_path / "chosen.yaml")
     assert train.hidden == (64, 32) and train.val_fraction == 0.2 and train.epochs == 3
+    assert "hidden=" not in format_choice(choice)  # the printed line lists the hyperparameters only
 
 
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"base_config": "x"}'])
-def test_choose_refuses_an_unreadable_study_json(hand_study: Path, text: str) -> None:
-    (hand_study / schema.STUDY_FILE).write_text(text)
-    choice = choose(load_study(hand_study), "stability", ["plasticity >= naive - 0.01"])
-    with pytest.raises(ResultsError, match="study.json") as info:
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"ewc"'])
+def test_choose_refuses_a_config_column_that_is_not_a_mapping(tmp_path: Path, text: str) -> None:
+    rows = [dict(row, config=text) if row["trial_id"] == "b" else row for row in HAND_ROWS]
+    choice = choose(load_study(write_study(tmp_path / "bad", rows)), "stability", ["plasticity >= naive - 0.01"])
+    with pytest.raises(ResultsError, match="config column") as info:
         choice.config()
     assert "\n" not in str(info.value)
 

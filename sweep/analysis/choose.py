@@ -16,6 +16,7 @@ test split is reported beside it, never used to choose.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -200,19 +201,22 @@ class Choice:
         return next(split for split in schema.SPLITS if split != self.split)
 
     def config(self) -> dict[str, object]:
-        """The flat training config of the trial: the study's fixed settings (``study.json``: the
-        hidden sizes, validation share, class order, checkpoint path, ...), then the trial's
-        settings and every non-null hyperparameter.
+        """The flat training config of the trial: its ``config`` column (every setting the search did
+        not vary: hidden sizes, validation share, class order, checkpoint, ...), then its settings
+        columns and every non-null hyperparameter. A row without a config (made by hand) gives the
+        columns alone.
 
         Raises:
-            ResultsError: a hyperparameter value cannot be its TrainConfig type (e.g. 2.5 epochs).
+            ResultsError: the config column is not a JSON mapping, or a hyperparameter value cannot
+                be its TrainConfig type (e.g. 2.5 epochs).
         """
         if self.trial is None:
             raise ResultsError(f"study {self.study.name} has no trial to take a config from")
-        config: dict[str, object] = study_fixed_config(self.study.path)
+        config = _config_column(self.trial)
         for column in CONFIG_SETTINGS:
             value = _plain(self.trial[column])
-            config[column] = int(value) if column == "num_tasks" and value is not None else value  # type: ignore[arg-type]
+            if value is not None:
+                config[column] = int(value) if column == "num_tasks" else value  # type: ignore[arg-type]
         for name in schema.HYPERPARAMETERS:
             value = _plain(self.trial[f"hp_{name}"])
             if value is not None:
@@ -467,7 +471,7 @@ def format_choice(choice: Choice) -> str:
             f" closest: trial {trial['trial_id']} (smallest total violation)"
         )
     config = choice.config()
-    hps = {k: v for k, v in config.items() if k not in CONFIG_SETTINGS}
+    hps = {k: config[k] for k in schema.HYPERPARAMETERS if k in config}  # the rest is in chosen.yaml
     lines.append(
         f"  setting: {config['strategy']} on {config['benchmark']} ({config['scenario']}-incremental,"
         f" {config['model']}, {config['num_tasks']} tasks)"
@@ -507,33 +511,17 @@ def format_choice(choice: Choice) -> str:
     return "\n".join(lines)
 
 
-def study_fixed_config(folder: Path) -> dict[str, object]:
-    """The fixed part of every trial's config, from the study's ``study.json``; {} without one.
-
-    Only :class:`~sweep.config.TrainConfig` fields with a value are kept: what ``sweep train
-    --config`` needs to rebuild the trial beyond its searched hyperparameters.
-
-    Raises:
-        ResultsError: ``study.json`` exists but is unreadable or holds no ``base_config`` mapping.
-    """
-    import dataclasses
-    import json
-
-    from sweep.config import TrainConfig
-
-    path = folder / schema.STUDY_FILE
-    if not path.exists():  # a study assembled by hand: its trials' columns are all there is
+def _config_column(trial: pd.Series) -> dict[str, object]:
+    text = _plain(trial["config"])
+    if text is None:
         return {}
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as err:  # ValueError: not JSON, not UTF-8
-        raise ResultsError(f"{path} is unreadable ({type(err).__name__}); the chosen config needs its "
-                           "base_config") from None
-    base = meta.get("base_config") if isinstance(meta, dict) else None
-    if not isinstance(base, dict):
-        raise ResultsError(f"{path} holds no base_config mapping; the chosen config needs it")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {key: value for key, value in base.items() if key in names and value is not None}
+        config = json.loads(str(text))
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise ResultsError(f"trial {trial['trial_id']}: its config column is not a JSON mapping")
+    return {key: value for key, value in config.items() if key not in schema.MACHINE_FIELDS and value is not None}
 
 
 def write_choice(choice: Choice, path: str | os.PathLike[str]) -> Path:

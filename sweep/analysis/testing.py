@@ -43,6 +43,7 @@ def trial_row(**values: object) -> dict[str, object]:
         num_tasks=2,
         n_seeds=3,
         seeds="0,1,2",
+        config=None,  # a hand-made row: sweep choose builds the config from the columns alone
         duration_s=1.0,
         node="127.0.0.1",
         finished_at="2025-01-01T00:00:00+00:00",
@@ -74,6 +75,7 @@ def trials_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
             frame[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
     for column in ("num_tasks", "n_seeds", "schema_version"):
         frame[column] = frame[column].astype("int64")
+    frame["config"] = pd.array([None if v is None else str(v) for v in frame["config"]], dtype="string")
     return frame
 
 
