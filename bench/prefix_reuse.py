@@ -10,8 +10,8 @@ on a shared machine) weighs on both sides alike.
 
 Trials per minute are counted from the first trial's start to the last trial's end of each
 sweep: what the cache changes. What a sweep pays once around its trials (Tune starting the trial
-actors, each importing torch, and tearing them down: ~3 s per sweep here; Ray itself runs
-throughout) is the sweep-overhead row's; in a six-trial sweep it would weigh as much as two
+actors, each importing torch, and tearing them down: 3-5 s per sweep here; Ray itself runs
+throughout) is the sweep-overhead row's; in a six-trial sweep it would weigh as much as three
 cached trials. The ratio over each sweep's whole wall time is in the details
 (``per_sweep_wall_ratio``).
 """

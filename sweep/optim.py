@@ -30,8 +30,8 @@ def make_optimizer(
     items = [params] if isinstance(params, Tensor) else list(params)
     if items and all(isinstance(item, dict) for item in items):
         # a group's params may be a generator (model.parameters()): read it once, hand torch the list
-        items = [{**group, "params": _tensors(group["params"])} for group in items]
-        tensors = [p for group in items for p in group["params"]]
+        items = [{**group, "params": _tensors(group["params"])} if "params" in group else group for group in items]
+        tensors = [p for group in items for p in group.get("params", [])]
     else:
         tensors = items
     if kind == "sgd":

@@ -162,14 +162,14 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
     except (pa.ArrowException, OSError) as err:
         raise ResultsError(f"{path} is not a readable Parquet file ({type(err).__name__}): "
                            "truncated or corrupt") from None
+    if "schema_version" in schema.names and "schema_version" in table.column_names and table.num_rows:
+        versions = set(table.column("schema_version").to_pylist())
+        if versions != {SCHEMA_VERSION}:  # before the columns: an older study is named as such
+            raise ResultsError(f"{path} has schema_version {sorted(versions)}; this version reads {SCHEMA_VERSION}")
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
         raise ResultsError(f"{path} is from another schema: missing columns {', '.join(missing[:5])}"
                            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    if "schema_version" in schema.names and table.num_rows:
-        versions = set(table.column("schema_version").to_pylist())
-        if versions != {SCHEMA_VERSION}:
-            raise ResultsError(f"{path} has schema_version {sorted(versions)}; this version reads {SCHEMA_VERSION}")
     try:
         return table.select(schema.names).cast(schema)
     except (pa.ArrowException, ValueError) as err:

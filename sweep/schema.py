@@ -9,6 +9,15 @@ from __future__ import annotations
 
 SCHEMA_VERSION = 2  # 2: the config column
 
+# TrainConfig's fields, the keys the config column may hold (a test keeps the two equal): listed here
+# so that analysis reads a config without importing the trainer's side (and torch)
+CONFIG_FIELDS = (
+    "benchmark", "scenario", "num_tasks", "class_order", "data_root", "val_fraction", "model", "hidden",
+    "init_weights", "pretrained", "optimizer", "lr", "finetune_lr", "lr_decay", "early_stop_patience", "epochs",
+    "batch_size", "weight_decay", "seed", "strategy", "ewc_lambda", "fisher", "fisher_samples", "ewc_mode",
+    "ewc_gamma", "distill_temperature", "distill_alpha", "replay_size", "replay_ratio", "l2sp_lambda",
+    "frozen_layers",
+)
 MACHINE_FIELDS = ("seed", "data_root")  # TrainConfig fields the config column leaves out
 
 # a study folder: results/<study>/

@@ -429,13 +429,35 @@ def test_chosen_config_carries_the_trials_whole_config(hand_study: Path, tmp_pat
     assert "hidden=" not in format_choice(choice)  # the printed line lists the hyperparameters only
 
 
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"ewc"'])
-def test_choose_refuses_a_config_column_that_is_not_a_mapping(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize(("text", "message"), [
+    ("{not json", "config column"), ("[1, 2]", "config column"), ('"ewc"', "config column"),
+    ("[" * 100_000 + "]" * 100_000, "config column"), ('{"ewc_lamda": 10.0}', "does not know: ewc_lamda"),
+])
+def test_choose_refuses_a_config_column_it_cannot_use(tmp_path: Path, text: str, message: str) -> None:
     rows = [dict(row, config=text) if row["trial_id"] == "b" else row for row in HAND_ROWS]
     choice = choose(load_study(write_study(tmp_path / "bad", rows)), "stability", ["plasticity >= naive - 0.01"])
-    with pytest.raises(ResultsError, match="config column") as info:
+    with pytest.raises(ResultsError, match=message) as info:
         choice.config()
     assert "\n" not in str(info.value)
+
+
+def test_config_fields_are_train_configs_fields() -> None:
+    import dataclasses
+
+    from sweep.config import TrainConfig
+
+    assert tuple(f.name for f in dataclasses.fields(TrainConfig)) == schema.CONFIG_FIELDS
+    assert set(schema.HYPERPARAMETERS) <= set(schema.CONFIG_FIELDS)
+    assert set(schema.MACHINE_FIELDS) <= set(schema.CONFIG_FIELDS)
+
+
+def test_hand_made_rows_without_a_config_give_the_columns_alone(tmp_path: Path) -> None:
+    """Rows with and without a config in one study: the one without is still chosen from its columns."""
+    rows = [dict(row, config={"hidden": [8], "strategy": "ewc"}) if row["trial_id"] == "a" else row
+            for row in HAND_ROWS]
+    choice = choose(load_study(write_study(tmp_path / "mixed", rows)), "stability", ["plasticity >= naive - 0.01"])
+    assert choice.trial is not None and choice.trial["trial_id"] == "b"
+    assert "hidden" not in choice.config() and choice.config()["ewc_lambda"] == 10.0
 
 
 def test_hyperparameter_types_match_train_config() -> None:

@@ -106,6 +106,11 @@ def build_world(w: Path) -> None:
     data = (studies / "torn-accuracy" / "accuracy.parquet").read_bytes()
     (studies / "torn-accuracy" / "accuracy.parquet").write_bytes(data[: len(data) // 2])
     (w / "not-a-study").mkdir()
+    make_study(studies, "schema-1", n_trials=3)  # written by the previous version: no config column
+    old = pq.read_table(studies / "schema-1" / "trials.parquet").drop(["config"])
+    old = old.set_column(old.schema.get_field_index("schema_version"), "schema_version",
+                         pa.array([1] * old.num_rows, pa.int64()))
+    pq.write_table(old, studies / "schema-1" / "trials.parquet")
 
     # studies `sweep run --resume` would continue, each broken in one way
     space = load_space(space_path("naive"))
@@ -302,6 +307,8 @@ CASES = [
     api("load_study: not a study", "no study", ResultsError, lambda w: _load_study(w / "not-a-study")),
     api("StudyStore: truncated", "trials.parquet", ResultsError, lambda w: _study_store(w / "results" / "torn-trials")),
     api("StudyStore: CSV", "trials.parquet", ResultsError, lambda w: _study_store(w / "studies" / "csv")),
+    api("StudyStore: previous schema version", "schema_version [1]", ResultsError,
+        lambda w: _study_store(w / "studies" / "schema-1")),
     api("parse_constraint: dangling operator", "plasticity >= 1 +", ConfigError,
         lambda w: _parse_constraint("plasticity >= 1 +")),
     api("run_sweep: zero trials", "--trials", ConfigError, lambda w: _run_sweep(w, trials=0)),

@@ -473,8 +473,8 @@ def format_choice(choice: Choice) -> str:
     config = choice.config()
     hps = {k: config[k] for k in schema.HYPERPARAMETERS if k in config}  # the rest is in chosen.yaml
     lines.append(
-        f"  setting: {config['strategy']} on {config['benchmark']} ({config['scenario']}-incremental,"
-        f" {config['model']}, {config['num_tasks']} tasks)"
+        f"  setting: {config.get('strategy')} on {config.get('benchmark')} ({config.get('scenario')}-incremental,"
+        f" {config.get('model')}, {config.get('num_tasks')} tasks)"
     )
     lines.append("  hyperparameters: " + (", ".join(f"{k}={_short(v)}" for k, v in hps.items()) or "none"))
     n_seeds = _plain(trial["n_seeds"])
@@ -517,10 +517,14 @@ def _config_column(trial: pd.Series) -> dict[str, object]:
         return {}
     try:
         config = json.loads(str(text))
-    except ValueError:
+    except (ValueError, RecursionError):
         config = None
     if not isinstance(config, dict):
         raise ResultsError(f"trial {trial['trial_id']}: its config column is not a JSON mapping")
+    unknown = sorted(set(config) - set(schema.CONFIG_FIELDS))
+    if unknown:
+        raise ResultsError(f"trial {trial['trial_id']}: its config has keys this version does not know: "
+                           f"{', '.join(map(str, unknown[:5]))}")
     return {key: value for key, value in config.items() if key not in schema.MACHINE_FIELDS and value is not None}
 
 

@@ -8,6 +8,7 @@ computed from its own accuracy matrices, so the two files agree as a real sweep'
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -75,8 +76,13 @@ def trials_frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
             frame[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
     for column in ("num_tasks", "n_seeds", "schema_version"):
         frame[column] = frame[column].astype("int64")
-    frame["config"] = pd.array([None if v is None else str(v) for v in frame["config"]], dtype="string")
+    frame["config"] = pd.array([json.dumps(dict(v)) if isinstance(v, Mapping) else None if _missing(v) else str(v)
+                                for v in frame["config"]], dtype="string")
     return frame
+
+
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def write_study(
