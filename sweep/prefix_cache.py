@@ -41,7 +41,7 @@ def prefix_free_fields(strategy_spec: str) -> set[str]:
 
 
 # bumped whenever the trainer's arithmetic changes, so a study's old entries are not reused by code
-# that would compute another task-1 model (2: fused Adam/SGD)
+# that would compute another task-1 model (2: fused Adam)
 TRAINER_NUMERICS = 2
 
 
