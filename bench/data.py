@@ -2,7 +2,7 @@
 
 The reference reads MNIST through torchvision, so it needs indices into torchvision's datasets.
 They are the package's own split: task t's training samples are the training images of its
-digits that the package does not hold out for validation (``sweep.benchmarks._holdout_mask``,
+digits that the package does not hold out for validation (``sweep.data.holdout.holdout_mask``,
 10% per class, seed 0), in file order; validation is the held-out ones; test is the test
 images of its digits. :func:`check_same_data` proves the two sides see the same pixels.
 """
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from bench.common import Settings
-from sweep.benchmarks import _holdout_mask, resolve_data_root
-from sweep.idx import read_idx
-from sweep.tasks import Benchmark, Split
+from sweep.data.holdout import holdout_mask, resolve_data_root
+from sweep.data.idx import read_idx
+from sweep.data.tasks import Benchmark, Split
 
 TASK_LABELS = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))  # default 2-task Split-MNIST
 VAL_FRACTION = 0.1  # TrainConfig's default
@@ -43,7 +43,7 @@ def task_indices(settings: Settings, limit: int | None = None) -> list[TaskIndic
     """Each task's samples as indices into MNIST's files, the package's split; ``limit`` keeps the first few."""
     train_y = _raw(settings, "train-labels-idx1-ubyte")
     test_y = _raw(settings, "t10k-labels-idx1-ubyte")
-    is_val = _holdout_mask(train_y.astype(np.int64), VAL_FRACTION, SPLIT_SEED)
+    is_val = holdout_mask(train_y.astype(np.int64), VAL_FRACTION, SPLIT_SEED)
     tasks = []
     for labels in TASK_LABELS:
         in_train, in_test = np.isin(train_y, labels), np.isin(test_y, labels)
@@ -54,7 +54,7 @@ def task_indices(settings: Settings, limit: int | None = None) -> list[TaskIndic
 
 def package_benchmark(settings: Settings, limit: int | None = None) -> Benchmark:
     """The package's 2-task task-incremental Split-MNIST; ``limit`` keeps the first samples of each split."""
-    from sweep.benchmarks import build_benchmark
+    from sweep.data.benchmarks import build_benchmark
 
     benchmark = build_benchmark("split-mnist", "task", 2, None, settings.data_root, VAL_FRACTION, SPLIT_SEED)
     if limit is None:

@@ -90,10 +90,10 @@ def _train_task_one(settings: Settings, limit: int | None) -> dict:
     also timed once more on the trained model), so a burst of load elsewhere hits both alike.
     """
     from sweep.config import TrainConfig
+    from sweep.data.tasks import Split
     from sweep.strategies.ewc import EWC
     from sweep.strategies.fisher import task_fisher
-    from sweep.tasks import Split
-    from sweep.trainer import build_run, evaluate_all, train_sequence
+    from sweep.train.trainer import build_run, evaluate_all, train_sequence
 
     benchmark = package_benchmark(settings, limit)
     one_task = replace(benchmark, tasks=benchmark.tasks[:1])

@@ -45,7 +45,7 @@ def _where(ptr: int) -> str:
 
 def _probe(payload: dict[str, Any], config: dict[str, Any], device: str) -> dict[str, Any]:
     """In a Ray worker: follow the package's path from the payload to the trainer, then stop."""
-    import sweep.trainable as trainable
+    import sweep.tune.trial as trainable
     from sweep.config import TrainConfig
 
     seen: dict[str, Any] = {"tensors": 0, "private_tensors": 0, "private_mb": 0.0, "device": device,
@@ -80,7 +80,7 @@ def probe_copies(settings: Settings, benchmark: Any, config: dict[str, Any]) -> 
     """
     import ray
 
-    from sweep.trainable import benchmark_to_arrays
+    from sweep.tune.trial import benchmark_to_arrays
 
     payload_ref = ray.put(benchmark_to_arrays(benchmark))
     remote = ray.remote(num_cpus=1, num_gpus=1 if settings.device == "cuda" else 0)(_probe)
@@ -97,7 +97,7 @@ def _peak(settings: Settings, concurrent: int) -> SweepRun:
 
 def run(settings: Settings) -> list[Row]:
     from bench.data import package_benchmark
-    from sweep.benchmarks import build_benchmark
+    from sweep.data.benchmarks import build_benchmark
 
     one, two = _peak(settings, 1), _peak(settings, 2)
     benchmark = (build_benchmark("split-digits", "task") if settings.quick else package_benchmark(settings))

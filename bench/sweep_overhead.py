@@ -51,16 +51,16 @@ def _timing(module: Any, name: str, into: dict[str, float]) -> Iterator[None]:
 def run(settings: Settings) -> list[Row]:
     import ray
 
-    import sweep.benchmarks
-    import sweep.runner
-    from sweep.runner import SweepOptions
+    import sweep.data.benchmarks
+    import sweep.tune.driver
+    from sweep.tune.driver import SweepOptions
 
     trials = QUICK_TRIALS if settings.quick else TRIALS
     seeds = 1 if settings.quick else SweepOptions.seeds  # the package's default: what a user's sweep pays
     steps: dict[str, float] = {}
     # where the lost time goes: Ray's start and stop, reading the data on the driver
-    with _timing(sweep.runner, "_init_ray", steps), _timing(ray, "shutdown", steps), \
-            _timing(sweep.benchmarks, "build_benchmark", steps):
+    with _timing(sweep.tune.driver, "_init_ray", steps), _timing(ray, "shutdown", steps), \
+            _timing(sweep.data.benchmarks, "build_benchmark", steps):
         result = measured_sweep(settings, trials=trials, concurrent=CONCURRENT, seeds=seeds)
     durations = result.trials["duration_s"].astype(float)
     ideal = float(durations.sum()) / CONCURRENT

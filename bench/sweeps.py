@@ -24,7 +24,7 @@ SPACE = Path(__file__).resolve().parent / "ewc_lambda.yaml"
 
 def sweep_options(settings: Settings, results_dir: Path, study: str, *, trials: int, concurrent: int, seeds: int = 1,
                   **extra: Any) -> Any:
-    from sweep.runner import SweepOptions
+    from sweep.tune.driver import SweepOptions
 
     return SweepOptions(
         strategy="ewc", space_file=str(SPACE), study=study, results_dir=str(results_dir), trials=trials, seeds=seeds,
@@ -36,7 +36,7 @@ def sweep_options(settings: Settings, results_dir: Path, study: str, *, trials: 
 
 def timed_sweep(options: Any) -> float:
     """Wall time of ``run_sweep(options)``, from the call (Ray start-up included if it starts Ray) to its return."""
-    from sweep.runner import run_sweep
+    from sweep.tune.driver import run_sweep
 
     ray_env()
     started = time.perf_counter()

@@ -30,8 +30,8 @@ ACCURACY_POINTS = 1.0  # "must agree within about a point": final average test a
 
 def _package_trial(settings: Settings, limit: int | None) -> tuple[dict, float, float]:
     from sweep.config import TrainConfig
-    from sweep.idx import clear_idx_cache
-    from sweep.trainer import run_config
+    from sweep.data.idx import clear_idx_cache
+    from sweep.train.trainer import run_config
 
     config = TrainConfig(benchmark="split-mnist", scenario="task", strategy="ewc", fisher="batched",
                          ewc_lambda=EWC_LAMBDA, epochs=1, batch_size=64, lr=1e-3, seed=0,

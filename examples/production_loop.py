@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from examples.my_models import build as build_model
 from examples.my_tasks import build as build_tasks
 from sweep import api
-from sweep.tasks import to_float
+from sweep.data.tasks import to_float
 
 TASKS = "examples.my_tasks:build"
 MODEL = "examples.my_models:build"
@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(f"source model: {100 * source_accuracy:.1f}% on the source test split")
 
     # 2. the sweep, every trial starting from that checkpoint
-    from sweep.runner import SweepOptions, print_summary, run_sweep
+    from sweep.commands.run import print_summary
+    from sweep.tune.driver import SweepOptions, run_sweep
 
     summary = run_sweep(SweepOptions(
         strategy="ewc", benchmark=TASKS, model=MODEL, scenario="domain", pretrained=str(checkpoint), trials=trials,

@@ -19,8 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sweep.commands.train", "train one model on a task sequence and print its accuracy matrix"),
     "pretrain": ("sweep.commands.pretrain", "train task 1 (the source) once and save its weights for --pretrained"),
     "run": ("sweep.commands.run", "run a hyperparameter sweep (Ray Tune + Optuna) into results/<study>"),
-    "choose": ("sweep.analysis.choose_cli", "choose the production setting from a study under a constraint"),
-    "report": ("sweep.analysis.report_cli", "write a self-contained HTML report of a study"),
+    "choose": ("sweep.commands.choose", "choose the production setting from a study under a constraint"),
+    "report": ("sweep.commands.report", "write a self-contained HTML report of a study"),
     "clean": ("sweep.commands.clean", "remove checkpoints and caches of a study, keep its Parquet results"),
 }
 

@@ -22,8 +22,10 @@ from typing import Any
 import yaml
 
 from sweep.errors import ConfigError
-from sweep.tasks import SCENARIOS
 
+# class: one head, no task id at test time; task: logits restricted to the task's classes; domain: one
+# label space shared by every task (see DESIGN.md)
+SCENARIOS = ("class", "task", "domain")
 FISHER_ESTIMATORS = ("exact", "sampled", "empirical", "batched")
 EWC_MODES = ("separate", "online")
 OPTIMIZERS = ("adam", "sgd")
@@ -32,6 +34,9 @@ MODELS = ("mlp", "cnn")
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50")
 # "package.module:function": a user's builder, imported when the model or benchmark is built
 ENTRY_POINT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+# knobs every strategy has: the trainer's own, not a strategy's
+GENERAL_PARAMS = ("lr", "finetune_lr", "epochs", "batch_size", "optimizer", "weight_decay", "frozen_layers",
+                  "lr_decay", "early_stop_patience")
 MAX_SEED = 2**32 - 1  # as build_benchmark's split_seed; beyond 2**64 - 1 torch raises a bare ValueError
 MAX_HIDDEN = 65536  # a sanity bound: far above any MNIST-scale MLP, far below an allocation failure
 

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from sweep import schema
 from sweep.analysis import choose as choose_mod
 from sweep.analysis import pareto
 from sweep.analysis.choose import choose, format_choice, parse_constraint, read_chosen_config, write_choice
 from sweep.analysis.io import load_studies, load_study
-from sweep.analysis.testing import make_study, trial_row, write_study
 from sweep.errors import ConfigError, ResultsError
+from sweep.results import schema
+from tests.fake_study import make_study, trial_row, write_study
 
 HP = {"hp_lr": 1e-3, "hp_epochs": 3, "hp_batch_size": 64, "hp_optimizer": "adam"}
 
@@ -495,7 +495,7 @@ def test_every_op_and_rhs_form_evaluates(hand_study: Path) -> None:
 
 
 def test_reads_what_the_real_results_writer_writes(tmp_path: Path) -> None:
-    results = pytest.importorskip("sweep.results", reason="sweep.results (issue 4) not written yet")
+    results = pytest.importorskip("sweep.results.store", reason="sweep.results.store (issue 4) not written yet")
     made = load_study(make_study(tmp_path, "made", n_trials=5))
     store = results.StudyStore(tmp_path / "real")
     for _, trial in made.trials.iterrows():

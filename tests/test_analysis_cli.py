@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweep import schema
-from sweep.analysis.testing import make_study, trial_row, write_study
+from sweep.results import schema
+from tests.fake_study import make_study, trial_row, write_study
 
 ROOT = Path(__file__).resolve().parents[1]
 # until every command module of sweep.cli exists, run sweep.cli.main with only the analysis commands:

@@ -13,8 +13,8 @@ from sweep.analysis import plots
 from sweep.analysis.choose import choose
 from sweep.analysis.io import Study, load_studies, load_study
 from sweep.analysis.report import build_report, write_report
-from sweep.analysis.testing import make_study
 from sweep.errors import ConfigError, ResultsError
+from tests.fake_study import make_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_notebook_executes(
 @pytest.mark.ray
 @pytest.mark.slow
 def test_plots_and_report_from_a_real_sweep(ray_session: object, tmp_path: Path) -> None:
-    runner = pytest.importorskip("sweep.runner", reason="sweep.runner (issue 4) not written yet")
+    runner = pytest.importorskip("sweep.tune.driver", reason="sweep.tune.driver (issue 4) not written yet")
     options = runner.SweepOptions(
         strategy="ewc", trials=3, seeds=2, epochs=1, results_dir=str(tmp_path), study="real", quiet=True
     )

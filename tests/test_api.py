@@ -15,14 +15,14 @@ from torch import nn
 from sweep import api
 from sweep.analysis.choose import choose, write_choice
 from sweep.analysis.io import load_study
-from sweep.analysis.testing import make_study
-from sweep.benchmarks import build_benchmark
 from sweep.config import TrainConfig
+from sweep.data.benchmarks import build_benchmark
+from sweep.data.tasks import Benchmark, to_float
 from sweep.errors import ConfigError
 from sweep.models import build_model, unwrap
 from sweep.strategies import parse_strategy
-from sweep.tasks import Benchmark, to_float
-from sweep.trainer import run_config
+from sweep.train.trainer import run_config
+from tests.fake_study import make_study
 
 
 @pytest.fixture(scope="module")

@@ -53,9 +53,9 @@ def fake_mnist(root: Path, **replace: bytes) -> Path:
 
 
 def build_world(w: Path) -> None:
-    from sweep.analysis.testing import make_study
-    from sweep.runner import SweepOptions, base_config
-    from sweep.search_space import load_space, space_path
+    from sweep.tune.driver import SweepOptions, base_config
+    from sweep.tune.search_space import load_space, space_path
+    from tests.fake_study import make_study
 
     images = idx_bytes(np.zeros((50, 28, 28), np.uint8))
     fake_mnist(w / "data" / "truncated", **{"train-images-idx3-ubyte": images[:-300]})
@@ -168,13 +168,13 @@ def _from_mapping(values: dict) -> object:
 
 
 def _build_benchmark(*args: object, **kwargs: object) -> object:
-    from sweep.benchmarks import build_benchmark
+    from sweep.data.benchmarks import build_benchmark
 
     return build_benchmark(*args, **kwargs)  # type: ignore[arg-type]
 
 
 def _load_space(path: Path) -> object:
-    from sweep.search_space import load_space
+    from sweep.tune.search_space import load_space
 
     return load_space(path)
 
@@ -186,7 +186,7 @@ def _load_study(path: Path) -> object:
 
 
 def _study_store(path: Path) -> object:
-    from sweep.results import StudyStore
+    from sweep.results.store import StudyStore
 
     return StudyStore(path)
 
@@ -204,7 +204,7 @@ def _parse_constraint(text: str) -> object:
 
 
 def _run_sweep(w: Path, **options: object) -> object:
-    from sweep.runner import SweepOptions, run_sweep
+    from sweep.tune.driver import SweepOptions, run_sweep
 
     return run_sweep(SweepOptions(results_dir=str(w / "results"), quiet=True, **options))  # type: ignore[arg-type]
 
@@ -405,8 +405,8 @@ def test_resume_refuses_a_checkpoint_replaced_since_the_study_started(tmp_path: 
     """The study records the checkpoint's sha256, not only its path: a file swapped under the same
     name would otherwise mix trials fine-tuned from two different models in one study."""
     from sweep.errors import ConfigError
-    from sweep.runner import SweepOptions, base_config, run_sweep
-    from sweep.search_space import load_space, space_path
+    from sweep.tune.driver import SweepOptions, base_config, run_sweep
+    from sweep.tune.search_space import load_space, space_path
 
     checkpoint = tmp_path / "source.pt"
     checkpoint.write_bytes(b"the checkpoint the study started from")
@@ -484,7 +484,7 @@ SPACE_DOCS = st.fixed_dictionaries(
                                                                    HealthCheck.function_scoped_fixture])
 @given(document=SPACE_DOCS | text(60))
 def test_search_space_loader_parses_or_raises_config_error(document: object, tmp_path: Path):
-    from sweep.search_space import load_space
+    from sweep.tune.search_space import load_space
 
     path = tmp_path / "space.yaml"
     path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from sweep import benchmarks
-from sweep.benchmarks import BENCHMARKS, build_benchmark, read_idx, resolve_data_root
+from sweep.data import benchmarks
+from sweep.data.benchmarks import BENCHMARKS, build_benchmark, read_idx, resolve_data_root
+from sweep.data.tasks import SCENARIOS, Benchmark
 from sweep.errors import DataError, SweepError
-from sweep.tasks import SCENARIOS, Benchmark
 
 SHARED_DATA = Path("/work/shared/data")  # read-only copy of MNIST and Fashion-MNIST on the dev machine
 MNIST_TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sweep.config import TrainConfig
-from sweep.trainer import SequenceResult, run_config
+from sweep.train.trainer import SequenceResult, run_config
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_a_ray_trial_gives_the_same_accuracy_matrix_as_its_chosen_config(ray_ses
     values and the study's fixed settings (here a non-default hidden size and validation share)."""
     from sweep.analysis.choose import choose
     from sweep.analysis.io import load_study
-    from sweep.runner import SweepOptions, run_sweep
+    from sweep.tune.driver import SweepOptions, run_sweep
 
     run_sweep(SweepOptions(strategy="replay", trials=1, seeds=1, results_dir=str(tmp_path), study="same",
                            references=False, quiet=True, extra={"hidden": [48], "val_fraction": 0.15}))

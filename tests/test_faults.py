@@ -19,8 +19,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from sweep.commands.run import end_front
 from sweep.errors import SweepError
-from sweep.results import LOCK_FILE, StudyStore, acquire_study_lock, release_study_lock
+from sweep.results.store import LOCK_FILE, StudyStore, acquire_study_lock, release_study_lock
 from tests.helpers import parquet_rows, run_cli, session_pids, start_cli, stop_session, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -232,7 +233,7 @@ def test_raising_and_diverging_trials_are_recorded_and_left_off_the_front(ray_se
 
     from sweep.analysis.io import load_study
     from sweep.analysis.pareto import pareto_front
-    from sweep.runner import SweepOptions, run_sweep
+    from sweep.tune.driver import SweepOptions, run_sweep
 
     lrs = [0.05, 0.02, 1.0e9, 0.01]  # finished, raises, diverges (sgd), finished
     monkeypatch.setattr(optuna.samplers, "TPESampler", lambda **kwargs: Cycle(lrs))
@@ -254,7 +255,7 @@ def test_raising_and_diverging_trials_are_recorded_and_left_off_the_front(ray_se
     loaded = load_study(study_dir).trials
     front = set(loaded.trial_id[pareto_front(loaded)])
     assert front and front <= set(search.loc[[0.05, 0.01], "trial_id"])
-    assert {r["trial_id"] for r in summary.front} <= set(search.loc[[0.05, 0.01], "trial_id"])
+    assert {r["trial_id"] for r in end_front(study_dir)} <= set(search.loc[[0.05, 0.01], "trial_id"])
     states = {t.user_attrs["tune_trial_id"]: t.state.name for t in optuna_trials(study_dir)}
     assert states[search.loc[0.02, "trial_id"]] == "FAIL"
 
@@ -338,7 +339,7 @@ def test_stale_lock_does_not_block_and_a_race_for_it_has_one_winner(tmp_path: Pa
 
 
 def test_clean_refuses_a_study_that_is_running(tmp_path: Path):
-    from sweep.analysis.testing import make_study
+    from tests.fake_study import make_study
 
     study = make_study(tmp_path, "busy", n_trials=3)
     (study / "ray").mkdir()

@@ -42,7 +42,7 @@ def test_three_tasks_by_hand():
 
 
 def test_all_metrics_names_match_the_schema():
-    from sweep.schema import METRICS
+    from sweep.results.schema import METRICS
 
     assert tuple(m.all_metrics(R3, B3)) == METRICS
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sweep.optim import make_optimizer
+from sweep.train.optim import make_optimizer
 
 
 def _steps(model: nn.Module, optimizer: torch.optim.Optimizer, n: int = 5) -> list[torch.Tensor]:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from sweep.config import TrainConfig
-from sweep.prefix_cache import PrefixCache, prefix_free_fields, prefix_key
 from sweep.strategies import STRATEGIES
-from sweep.trainable import run_trial
-from sweep.trainer import load_benchmark
+from sweep.train.trainer import load_benchmark
+from sweep.tune.prefix_cache import PrefixCache, prefix_free_fields, prefix_key
+from sweep.tune.trial import run_trial
 
 CASES = [
     *[(name, {}, "task") for name in STRATEGIES],

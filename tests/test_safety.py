@@ -76,14 +76,14 @@ def test_dashboard_is_off_by_default_and_local_when_on(monkeypatch: pytest.Monke
                                                         address: str | None):
     import ray
 
-    from sweep import runner
+    from sweep.tune import ray_session
 
     calls = []
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(runner, "_check_reachable", lambda address: None)
+    monkeypatch.setattr(ray_session, "check_reachable", lambda address: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    runner._init_ray(runner.SweepOptions(dashboard=dashboard, address=address))
+    ray_session.init_ray(address, dashboard)
     [kwargs] = calls
     assert kwargs["include_dashboard"] is dashboard
     if dashboard:
@@ -136,8 +136,8 @@ def distinctive_images(split_x: torch.Tensor, count: int = 3) -> torch.Tensor:
 @pytest.mark.slow
 def test_no_training_sample_is_written_and_clean_keeps_only_results(ray_session, tmp_path: Path):
     from sweep.analysis.io import load_study
-    from sweep.benchmarks import build_benchmark
-    from sweep.runner import SweepOptions, run_sweep
+    from sweep.data.benchmarks import build_benchmark
+    from sweep.tune.driver import SweepOptions, run_sweep
 
     run_sweep(SweepOptions(strategy="ewc+replay", trials=2, seeds=1, epochs=1, results_dir=str(tmp_path),
                            study="rehearsal", references=False, quiet=True))

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.benchmarks import build_benchmark
 from sweep.config import TrainConfig
+from sweep.data.benchmarks import build_benchmark
 from sweep.models import build_model
 from sweep.strategies import build_strategy
-from sweep.trainer import SequenceResult, train_sequence
+from sweep.train.trainer import SequenceResult, train_sequence
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from sweep.commands.run import end_front
 from sweep.errors import ConfigError
-from sweep.runner import SweepOptions, run_sweep
-from sweep.schema import ACCURACY_COLUMNS, HYPERPARAMETERS, METRICS, SPLITS, TRIALS_COLUMNS, metric_column
-from sweep.search_space import DEFAULT_SPACES_DIR, GENERAL_PARAMS, load_space
+from sweep.results.schema import ACCURACY_COLUMNS, HYPERPARAMETERS, METRICS, SPLITS, TRIALS_COLUMNS, metric_column
 from sweep.strategies import STRATEGIES, strategy_params
+from sweep.tune.driver import SweepOptions, run_sweep
+from sweep.tune.search_space import DEFAULT_SPACES_DIR, GENERAL_PARAMS, load_space
 
 SPACE_FILES = sorted(DEFAULT_SPACES_DIR.glob("*.yaml"))
 
@@ -96,7 +97,8 @@ def test_two_objective_sweep_end_to_end(ray_session, tmp_path: Path):
                                      study="e2e", quiet=True))
     study_dir = tmp_path / "e2e"
     assert summary.complete and summary.counts["finished"] == 6
-    assert summary.front and {r["role"] for r in summary.front} == {"search"}  # the end summary's front
+    front = end_front(study_dir)
+    assert front and {r["role"] for r in front} == {"search"}  # the end summary's front
     trials = pq.read_table(study_dir / "trials.parquet")
     assert tuple(trials.column_names) == TRIALS_COLUMNS
     df = trials.to_pandas()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sweep.config import TrainConfig
-from sweep.trainer import TaskReport, load_benchmark, run_config
+from sweep.train.trainer import TaskReport, load_benchmark, run_config
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-import sweep.trainer as trainer_mod
-from sweep.benchmarks import build_benchmark
+import sweep.train.trainer as trainer_mod
 from sweep.commands.pretrain import pretrain
 from sweep.config import TrainConfig
-from sweep.entry_points import add_import_paths, import_paths
+from sweep.data.benchmarks import build_benchmark
+from sweep.data.entry_points import add_import_paths, import_paths
+from sweep.data.tasks import Benchmark, Split, Task
 from sweep.errors import ConfigError, DataError, SweepError
 from sweep.models import Wrapped, build_model, load_weights, named_layers, save_weights, unwrap
-from sweep.prefix_cache import prefix_key
 from sweep.strategies import build_strategy
-from sweep.tasks import Benchmark, Split, Task
-from sweep.trainer import _layer_groups, evaluate, load_benchmark, run_config, train_sequence
+from sweep.train.trainer import _layer_groups, evaluate, load_benchmark, run_config, train_sequence
+from sweep.tune.prefix_cache import prefix_key
 from tests.helpers import REPO, run_cli
 
 TASKS = "examples.my_tasks:build"
@@ -75,7 +75,7 @@ def test_example_runs_in_the_trainer_and_forgets(example: Benchmark):
 @pytest.mark.slow
 def test_example_entry_points_sweep_end_to_end(ray_session, tmp_path: Path, example: Benchmark):
     """The example module and model, a checkpoint for task 1, two trials searching both new knobs."""
-    from sweep.runner import SweepOptions, run_sweep
+    from sweep.tune.driver import SweepOptions, run_sweep
 
     config = TrainConfig(benchmark=TASKS, model=MODEL, scenario="domain", epochs=2)
     model, _, _, source_test = pretrain(config, example)
@@ -112,7 +112,7 @@ def test_import_paths_make_a_module_importable_in_another_process(tmp_path: Path
     monkeypatch.syspath_prepend(str(tmp_path))
     paths = import_paths(f"{name}:build", TASKS)
     assert paths == [str(tmp_path.resolve()), str(REPO)]
-    probe = (f"import sys; from sweep.entry_points import add_import_paths, load_function\n"
+    probe = (f"import sys; from sweep.data.entry_points import add_import_paths, load_function\n"
              f"add_import_paths({paths!r})\nprint(load_function('{name}:build', 'model')(10))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/", timeout=120)
     assert out.returncode == 0 and "Linear(in_features=64" in out.stdout, out.stderr
@@ -234,7 +234,7 @@ def test_pretrain_cli_then_train_from_its_checkpoint(tmp_path: Path):
 
 
 def test_prefix_cache_with_a_checkpoint_gives_the_same_run(tmp_path: Path, example: Benchmark):
-    from sweep.trainable import run_trial
+    from sweep.tune.trial import run_trial
 
     model, _, _, _ = pretrain(TrainConfig(benchmark=TASKS, scenario="domain", hidden=(32,)), example)
     config = TrainConfig(benchmark=TASKS, scenario="domain", hidden=(32,), strategy="ewc",
@@ -388,7 +388,7 @@ def test_split_cifar10_reads_torchvisions_batches(tmp_path: Path):
 
 
 def test_split_cifar10_without_files_or_network_is_one_line(tmp_path: Path, monkeypatch):
-    import sweep.benchmarks as benchmarks
+    import sweep.data.benchmarks as benchmarks
 
     monkeypatch.setattr(benchmarks, "_download_cifar10", lambda root: "no network (test)")
     with pytest.raises(DataError, match="CIFAR-10 data not found.*no network") as err:

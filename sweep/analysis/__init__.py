@@ -9,5 +9,5 @@ parser, and ``sweep train`` should not pay for importing pandas or matplotlib.
 - :mod:`sweep.analysis.choose`: the constraint language and the production choice (``chosen.yaml``).
 - :mod:`sweep.analysis.plots`: front, sensitivity, accuracy matrix, several fronts (PNG).
 - :mod:`sweep.analysis.report`: one self-contained HTML report.
-- :mod:`sweep.analysis.testing`: hand-made studies for tests and notebooks.
+- :mod:`tests.fake_study`: hand-made studies for tests and notebooks.
 """

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweep import schema
 from sweep.analysis.io import Study, write_atomic
 from sweep.analysis.pareto import eligible
 from sweep.errors import ConfigError, ResultsError
+from sweep.results import schema
 
 REFERENCES = ("naive", "joint")
 CONFIG_SETTINGS = ("strategy", "benchmark", "scenario", "model", "num_tasks")

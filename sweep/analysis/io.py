@@ -18,10 +18,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sweep import schema
 from sweep.atomic import atomic_write
 from sweep.errors import ResultsError
-from sweep.schema import ACCURACY_FILE, TRIALS_FILE
+from sweep.results import schema
+from sweep.results.schema import ACCURACY_FILE, TRIALS_FILE
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sweep import schema
 from sweep.analysis.io import Study
 from sweep.errors import ConfigError, ResultsError
+from sweep.results import schema
 
 STABILITY = schema.metric_column("val", "stability")
 PLASTICITY = schema.metric_column("val", "plasticity")

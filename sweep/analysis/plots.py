@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from sweep import schema
 from sweep.analysis import pareto
 from sweep.analysis.io import Study, write_atomic
 from sweep.errors import ConfigError, ResultsError
+from sweep.results import schema
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

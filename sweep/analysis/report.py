@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from sweep import schema
 from sweep.analysis import pareto, plots
 from sweep.analysis.choose import Choice, choose, format_choice
 from sweep.analysis.io import Study, write_atomic
+from sweep.results import schema
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

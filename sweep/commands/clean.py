@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from sweep.errors import ResultsError
-from sweep.results import acquire_study_lock, release_study_lock
+from sweep.results.store import acquire_study_lock, release_study_lock
 
 REMOVABLE = ("ray", "cache", "checkpoints")  # folders inside a study that hold no results
 

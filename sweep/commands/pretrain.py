@@ -27,7 +27,7 @@ def pretrain(config, benchmark=None, device="cpu"):  # noqa: ANN001, ANN201 - (T
     Returns:
         (model, benchmark, val accuracy, test accuracy) on task 1.
     """
-    from sweep.trainer import build_run, iter_sequence, load_benchmark
+    from sweep.train.trainer import build_run, iter_sequence, load_benchmark
 
     source = config.replace(strategy="naive", frozen_layers=0, pretrained=None)
     benchmark = load_benchmark(source) if benchmark is None else benchmark

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import signal
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sweep.tune.driver import SweepSummary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +71,7 @@ def _float(flag: str):  # noqa: ANN202
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweep.runner import SweepOptions, print_summary, run_sweep
+    from sweep.tune.driver import SweepOptions, run_sweep
 
     fields = SweepOptions.__dataclass_fields__
     options = SweepOptions(**{k: v for k, v in vars(args).items() if k in fields})
@@ -97,4 +103,35 @@ def run(args: argparse.Namespace) -> int:
     return 128 + interrupted[0] if interrupted else 1
 
 
+def end_front(study_dir: Path) -> list[dict[str, Any]]:
+    """The study's validation Pareto front, as the report and `sweep choose` compute it; highest stability first."""
+    from sweep.analysis.io import load_study
+    from sweep.analysis.pareto import pareto_front
 
+    trials = load_study(study_dir).trials
+    if trials.empty:
+        return []
+    front = trials[pareto_front(trials).to_numpy()].sort_values("val_stability_mean", ascending=False)
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in front.to_dict("records")]
+
+
+def print_summary(summary: SweepSummary, file: Any = sys.stdout) -> None:
+    """The end of a sweep: how its trials ended and the validation Pareto front."""
+    from sweep.tune.sink import format_pm, format_value
+
+    c = summary.counts
+    print(f"\ntrials: {c['finished']} finished, {c['error']} errored, {c['diverged']} diverged "
+          f"(of {summary.target}, references included)", file=file)
+    front = end_front(summary.study_dir) if sum(c.values()) else []
+    if front:
+        print("Pareto-optimal trials (validation):", file=file)
+        for row in front:
+            params = {k[3:]: v for k, v in row.items() if k.startswith("hp_") and v is not None}
+            shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
+            stability = format_pm(row["val_stability_mean"], row["val_stability_std"])
+            plasticity = format_pm(row["val_plasticity_mean"], row["val_plasticity_std"])
+            print(f"  {row['trial_id']}: stability {stability}%, plasticity {plasticity}%  [{shown}]", file=file)
+    d = summary.study_dir
+    print(f"results: {d / 'trials.parquet'} and {d / 'accuracy.parquet'}", file=file)
+    print(f"Pareto front: sweep report {d}  (or the notebook analysis/study.ipynb)", file=file)

@@ -52,7 +52,7 @@ class ProgressBar:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from sweep.trainer import load_benchmark, run_config
+    from sweep.train.trainer import load_benchmark, run_config
 
     config = config_from_args(args)
     try:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from sweep.config import TrainConfig
-from sweep.tasks import Benchmark, Split
+from sweep.data.tasks import Benchmark, Split
 
 
 @dataclass(frozen=True)

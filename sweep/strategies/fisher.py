@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from sweep.data.tasks import to_float
 from sweep.strategies.base import TaskContext
-from sweep.tasks import to_float
 
 ESTIMATORS = ("exact", "sampled", "empirical", "batched")
 MAX_CHUNK = 1024  # samples per forward pass: large matmuls run several times faster than batches of 64

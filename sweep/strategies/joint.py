@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from sweep.data.tasks import Split
 from sweep.strategies.base import Strategy, TaskContext, TrainingData
-from sweep.tasks import Split
 
 
 class Joint(Strategy):

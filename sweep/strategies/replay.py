@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from sweep.config import TrainConfig
+from sweep.data.tasks import to_float
 from sweep.strategies.base import Batch, Strategy, TaskContext
-from sweep.tasks import to_float
 
 
 class Replay(Strategy):

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sweep import schema
+from sweep.results import schema
 
 
 def add_objective_arguments(parser: argparse.ArgumentParser) -> None:

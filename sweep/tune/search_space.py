@@ -24,13 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweep.config import TrainConfig, read_yaml
+from sweep.config import GENERAL_PARAMS, TrainConfig, read_yaml
 from sweep.errors import ConfigError
 from sweep.strategies import parse_strategy, strategy_params
 
-# knobs every strategy has: the trainer's own, not a strategy's
-GENERAL_PARAMS = ("lr", "finetune_lr", "epochs", "batch_size", "optimizer", "weight_decay", "frozen_layers",
-                  "lr_decay", "early_stop_patience")
 # set per sweep on the command line, never searched or fixed in a space file
 SWEEP_LEVEL = ("benchmark", "scenario", "num_tasks", "class_order", "data_root", "seed", "strategy", "pretrained",
                "init_weights")
@@ -38,7 +35,7 @@ TOP_KEYS = ("strategy", "description", "fixed", "params")
 DIST_KEYS = {"float": ("type", "low", "high", "log"), "int": ("type", "low", "high", "log", "step"),
              "categorical": ("type", "choices")}
 
-DEFAULT_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+DEFAULT_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweep import schema
 from sweep.analysis.io import ACCURACY_FILE, TRIALS_FILE, write_parquet_atomic
+from sweep.results import schema
 
 # hyperparameter columns hold one type each, as the sweep writes them; nullable ints keep 3 an int
 _INT_HPS = ("epochs", "batch_size", "fisher_samples", "replay_size", "frozen_layers", "early_stop_patience")

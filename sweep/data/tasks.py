@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-SCENARIOS = ("class", "task", "domain")
+from sweep.config import SCENARIOS
+
+__all__ = ["SCENARIOS", "Benchmark", "Split", "Task", "to_float"]
 
 
 @dataclass(frozen=True)

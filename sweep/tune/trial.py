@@ -1,9 +1,10 @@
-"""The Ray Tune function trainable: one trial = one config on several seeds, trained in lockstep.
+"""One trial, Ray-free: a config trained on several seeds in lockstep, reported after every task.
 
 After every task it reports the mean and std over seeds of every metric on validation and
 test, so every report carries both objectives. It never reports NaN: a diverged trial ends
 with ``status="diverged"`` and objectives of 0 (a model that diverged retains and learns
-nothing), and the sink records its real status and reason.
+nothing), and the sink records its real status and reason. The Ray trainable
+(:mod:`sweep.tune.trainable`) is a thin wrapper around :func:`run_trial`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import numpy as np
 import torch
 
 from sweep.config import TrainConfig
+from sweep.data.tasks import Benchmark, Split, Task
 from sweep.metrics import all_metrics
-from sweep.prefix_cache import PrefixCache, prefix_key
-from sweep.schema import METRICS, SPLITS, metric_column
-from sweep.tasks import Benchmark, Split, Task
-from sweep.trainer import TaskReport, build_run, iter_sequence
+from sweep.results.schema import METRICS, SPLITS, metric_column
+from sweep.train.trainer import TaskReport, build_run, iter_sequence
+from sweep.tune.prefix_cache import PrefixCache, prefix_key
 
 OBJECTIVES = ("stability", "plasticity")  # both maximised; validation means over seeds
 
@@ -60,7 +61,7 @@ def prefix_metrics(R: np.ndarray, initial: np.ndarray, tasks_done: int) -> dict[
 
 
 def summarize(reports: list[TaskReport], tasks_done: int) -> dict[str, float]:
-    """Mean and std over seeds of every metric, for both splits (flat keys as in sweep.schema)."""
+    """Mean and std over seeds of every metric, for both splits (flat keys as in sweep.results.schema)."""
     out: dict[str, float] = {}
     for split in SPLITS:
         per_seed = [prefix_metrics(getattr(r, split), getattr(r, f"initial_{split}"), tasks_done) for r in reports]
@@ -69,18 +70,6 @@ def summarize(reports: list[TaskReport], tasks_done: int) -> dict[str, float]:
             out[metric_column(split, metric, "mean")] = float(values.mean())
             out[metric_column(split, metric, "std")] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return out
-
-
-def trial_device() -> torch.device:
-    """CUDA when Ray gave this trial a GPU, the CPU otherwise."""
-    try:
-        import ray
-
-        if ray.is_initialized() and ray.get_gpu_ids() and torch.cuda.is_available():
-            return torch.device("cuda")
-    except Exception:  # outside Ray, or no runtime context: the CPU is always right
-        pass
-    return torch.device("cpu")
 
 
 def run_trial(
@@ -100,7 +89,7 @@ def run_trial(
         benchmark: the tasks.
         seeds: the seeds to average over.
         report: ``report(dict)``; ``tune.report`` in Ray, any callable outside it.
-        device: where to train; by default the trial's device.
+        device: where to train; the CPU by default.
         objective: for the single-objective mode, ``{"min_plasticity": p}``: ``objective`` is
             stability when plasticity >= p, else below every feasible value.
         prefix_dir: a task-prefix cache folder shared by trials (None: no reuse).
@@ -108,7 +97,7 @@ def run_trial(
     Returns:
         The final report, which also holds every seed's accuracy matrices.
     """
-    device = device or trial_device()
+    device = device or torch.device("cpu")
     started = time.perf_counter()
     benchmark = benchmark.to(device)
     runs = []
@@ -171,31 +160,3 @@ def _objective(result: dict[str, Any], objective: dict[str, float] | None) -> fl
     shortfall = max(0.0, objective["min_plasticity"] - result["plasticity"])
     # feasible trials score their stability in [0, 1]; infeasible ones score below -1
     return float(result["stability"]) if shortfall == 0 else -1.0 - shortfall
-
-
-def tune_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None,
-                   setup: dict[str, Any] | None = None) -> None:
-    """The Ray Tune function trainable (wrapped with ``tune.with_parameters(payload=..., setup=...)``)."""
-    import ray
-    from ray import tune
-
-    assert payload is not None and setup is not None
-    torch.set_num_threads(max(1, int(setup.get("cpus_per_trial", 1))))
-    if setup.get("import_paths"):  # a user's module:function model is imported here, in the trial's process
-        from sweep.entry_points import add_import_paths
-
-        add_import_paths(setup["import_paths"])
-    values = {**setup["base_config"], **{k: v for k, v in params.items() if k != "role"}}
-    role = params.get("role", "search")
-    if role in ("naive", "joint"):
-        values["strategy"] = role
-        values["frozen_layers"] = 0
-    config = TrainConfig.from_mapping(values, source="trial config")
-    benchmark = benchmark_from_arrays(payload)
-    node = ray.get_runtime_context().get_node_id()
-
-    def report(metrics: dict[str, Any]) -> None:
-        tune.report({**metrics, "node": node} if metrics.get("final") else metrics)
-
-    run_trial(config, benchmark, list(setup["seeds"]), report, objective=setup.get("objective"),
-              prefix_dir=setup.get("prefix_dir"))

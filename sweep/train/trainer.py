@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,16 +19,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sweep.config import TrainConfig
+from sweep.data.tasks import Benchmark, Split, to_float
 from sweep.metrics import all_metrics
 from sweep.models import LayeredModel, build_model, freeze_layers, layer_parameters, load_weights
-from sweep.optim import make_optimizer
-from sweep.prefix_cache import PrefixCache
 from sweep.strategies import build_strategy
 from sweep.strategies.base import Batch, Strategy, TaskContext, TrainingData
-from sweep.tasks import Benchmark, Split, to_float
+from sweep.train.optim import make_optimizer
 
 EVAL_BATCH = 4096  # evaluation has no graph to keep, so large batches cost only activations
 DIVERGENCE_CHECK_EVERY = 50  # steps between host syncs for the NaN check (free on CPU, a sync on GPU)
+
+
+class PrefixStore(Protocol):
+    """Where the state after task 1 is kept between runs that agree on it (the sweep's prefix cache).
+
+    The trainer is handed one; it never builds or imports one.
+    """
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -181,7 +192,7 @@ def iter_sequence(
     *,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int, int], None] | None = None,
-    prefix: PrefixCache | None = None,
+    prefix: PrefixStore | None = None,
 ) -> Generator[TaskReport, None, SequenceResult]:
     """:func:`train_sequence` as a generator: yields after each task, returns the result.
 
@@ -333,7 +344,7 @@ def build_run(config: TrainConfig, benchmark: Benchmark) -> tuple[LayeredModel, 
 
 
 def load_benchmark(config: TrainConfig) -> Benchmark:
-    from sweep.benchmarks import build_benchmark
+    from sweep.data.benchmarks import build_benchmark
 
     return build_benchmark(
         config.benchmark, config.scenario, config.num_tasks, config.class_order, config.data_root, config.val_fraction

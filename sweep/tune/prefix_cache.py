@@ -23,7 +23,7 @@ import torch
 
 from sweep.atomic import atomic_write
 from sweep.config import TrainConfig
-from sweep.tasks import Benchmark
+from sweep.data.tasks import Benchmark
 
 # TrainConfig fields the trainer itself reads only from task 2 on
 TRAINER_PREFIX_FREE = ("finetune_lr", "frozen_layers", "lr_decay", "early_stop_patience")

@@ -1,7 +1,7 @@
 """Benchmarks: task sequences built from MNIST-like data, CIFAR-10 or scikit-learn's 8x8 digits.
 
 Every task keeps its own ``uint8`` copy of its images, shape (N, 1, H, W), with int64 targets
-already remapped for the scenario (see :mod:`sweep.tasks`):
+already remapped for the scenario (see :mod:`sweep.data.tasks`):
 
 - class- and task-incremental: target = the *global* class id; one head over all global ids;
   ``Task.classes`` = the task's global ids (the logit mask in task-incremental).
@@ -18,7 +18,7 @@ whole training set, so a given image is in validation or not regardless of ``num
 raw layout (``<root>/MNIST/raw/train-images-idx3-ubyte[.gz]``), downloaded with torchvision when
 missing and online, and never replaced by anything else. CIFAR-10 is read from torchvision's
 ``<root>/cifar-10-batches-py/`` (unpickled with numpy arrays as the only allowed objects).
-A ``module:function`` name builds a user's tasks instead (:mod:`sweep.entry_points`).
+A ``module:function`` name builds a user's tasks instead (:mod:`sweep.data.user`).
 """
 
 from __future__ import annotations
@@ -39,14 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sweep.data.holdout import DATA_ROOT_ENV, holdout_mask, resolve_data_root
+from sweep.data.idx import read_idx
+from sweep.data.tasks import SCENARIOS, Benchmark, Split, Task
 from sweep.errors import DataError, SweepError
-from sweep.idx import read_idx
-from sweep.tasks import SCENARIOS, Benchmark, Split, Task
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "read_idx", "resolve_data_root"]
 
-DATA_ROOT_ENV = "SWEEP_DATA_ROOT"
-DEFAULT_DATA_ROOT = "./data"
 DOWNLOAD_TIMEOUT_S = 5.0  # per socket operation: offline, an unanswered connect would hang for minutes
 
 CLASSES = tuple(range(10))  # every dataset here has labels 0..9
@@ -239,13 +238,6 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 # public entry points
 
 
-def resolve_data_root(data_root: str | os.PathLike[str] | None = None) -> Path:
-    """The data root: ``data_root`` if given, else ``$SWEEP_DATA_ROOT``, else ``./data``; absolute."""
-    if data_root is None or str(data_root) == "":
-        data_root = os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT
-    return Path(data_root).expanduser().resolve()
-
-
 def build_benchmark(
     name: str,
     scenario: str = "task",
@@ -271,7 +263,7 @@ def build_benchmark(
         DataError: data files missing (and not downloadable) or malformed.
     """
     if isinstance(name, str) and ":" in name:  # a user's module:function
-        from sweep.entry_points import build_user_benchmark
+        from sweep.data.user import build_user_benchmark
 
         return build_user_benchmark(name, scenario, num_tasks, class_order, data_root,
                                     _check_val_fraction(val_fraction),
@@ -293,7 +285,7 @@ def build_benchmark(
 
     root = resolve_data_root(data_root) if any(d != "digits" for d in spec.datasets) else None
     arrays = {dataset: _load_dataset(dataset, root) for dataset in spec.datasets}
-    is_val = {dataset: _holdout_mask(a.train_y, val_fraction, split_seed) for dataset, a in arrays.items()}
+    is_val = {dataset: holdout_mask(a.train_y, val_fraction, split_seed) for dataset, a in arrays.items()}
     tasks = tuple(_build_task(plan, arrays[plan.dataset], is_val[plan.dataset], scenario) for plan in plans)
 
     if scenario == "domain":
@@ -361,18 +353,6 @@ def _check_class_order(class_order: Sequence[int] | None) -> tuple[int, ...] | N
 # building tasks
 
 
-def _holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """(N,) bool: a per-class random ``fraction`` of the samples (at least 1, never all)."""
-    # RandomState's stream is frozen by NumPy's compatibility policy: splits survive upgrades
-    order = np.random.RandomState(seed).permutation(len(labels))
-    mask = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        members = order[labels[order] == label]  # this class's samples in random order
-        if len(members) >= 2:
-            mask[members[: min(max(round(fraction * len(members)), 1), len(members) - 1)]] = True
-    return mask
-
-
 def _pixel_permutation(seed: int, num_pixels: int) -> np.ndarray:
     return np.random.RandomState(seed).permutation(num_pixels)  # frozen stream: same tasks everywhere
 
@@ -425,7 +405,7 @@ def _load_digits() -> _Arrays:
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16 -> 0..255
     labels = digits.target.astype(np.int64)
-    is_test = _holdout_mask(labels, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
+    is_test = holdout_mask(labels, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
     arrays = _Arrays(images[~is_test], labels[~is_test], images[is_test], labels[is_test])
     for array in (arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y):
         array.flags.writeable = False  # cached and shared

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from sweep.atomic import atomic_write
 from sweep.errors import ResultsError, SweepError
-from sweep.schema import (
+from sweep.results.schema import (
     ACCURACY_COLUMNS,
     ACCURACY_FILE,
     HYPERPARAMETERS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sweep.analysis.choose_cli import add_objective_arguments
+from sweep.commands.choose import add_objective_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,108 @@
+"""Built-in models (the Split-MNIST MLP, a small CNN), torchvision ResNets by name, and a user's
+module:function builder: :func:`build_model` picks one."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sweep.config import TORCHVISION_MODELS
+from sweep.errors import ConfigError
+from sweep.models.layers import LayeredModel, Wrapped
+
+
+class MLP(LayeredModel):
+    """Flatten -> [Linear -> ReLU] * len(hidden) -> Linear. Default 784-256-256-10."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 256)) -> None:
+        super().__init__()
+        sizes = [in_features, *hidden]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.head = nn.Linear(sizes[-1], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.head(x)  # (batch, classes)
+
+    def layers(self) -> list[nn.Module]:
+        return [*self.hidden, self.head]
+
+
+class CNN(LayeredModel):
+    """Two 3x3 conv blocks (32, 64 channels, each followed by 2x2 max-pool), a 128-unit FC, a head."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (32, 64)) -> None:
+        super().__init__()
+        in_channels, height, width = input_shape
+        self.convs = nn.ModuleList()
+        for out_channels in channels:
+            self.convs.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1))
+            in_channels = out_channels
+            height, width = height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ConfigError(f"input {list(input_shape)} is too small for {len(channels)} pooling stages")
+        self.fc = nn.Linear(in_channels * height * width, 128)
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for conv in self.convs:
+            x = torch.max_pool2d(torch.relu(conv(x)), 2)
+        return self.head(torch.relu(self.fc(x.flatten(1))))  # (batch, classes)
+
+    def layers(self) -> list[nn.Module]:
+        return [*self.convs, self.fc, self.head]
+
+
+SMALL_INPUT = 64  # a ResNet on inputs smaller than this per side gets CIFAR's stem: 3x3 stride 1, no max-pool
+
+
+def torchvision_resnet(name: str, input_shape: Sequence[int], num_classes: int) -> Wrapped:
+    """torchvision's ``name`` with weights=None and a ``num_classes`` head, its stem fitted to the input.
+
+    Small inputs (28x28 MNIST, 32x32 CIFAR) get a 3x3 stride-1 stem without max-pool, so that
+    layer4 still sees more than one pixel; any channel count (1 for MNIST) gets a stem of its own.
+    """
+    if len(input_shape) != 3:
+        raise ConfigError(f"model {name} needs image inputs (C, H, W), got shape {list(input_shape)}")
+    import torchvision  # optional dependency, imported where used
+
+    channels, height, width = input_shape
+    net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if min(height, width) < SMALL_INPUT:
+        net.conv1 = nn.Conv2d(channels, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif channels != 3:
+        net.conv1 = nn.Conv2d(channels, net.conv1.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's own init
+    return Wrapped(net)
+
+
+ModelBuilder = Callable[[tuple[int, ...], int, tuple[int, ...]], LayeredModel]
+
+MODELS: dict[str, ModelBuilder] = {
+    "mlp": lambda input_shape, num_classes, hidden: MLP(math.prod(input_shape), num_classes, hidden),
+    "cnn": lambda input_shape, num_classes, hidden: CNN(input_shape, num_classes),
+    **{name: (lambda input_shape, num_classes, hidden, _name=name: torchvision_resnet(_name, input_shape, num_classes))
+       for name in TORCHVISION_MODELS},
+}
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256)
+) -> LayeredModel:
+    """Build a registered model, or a user's ``module:function`` one, for inputs of ``input_shape``
+    (C, H, W) and a head of ``num_classes``."""
+    if ":" in name:
+        from sweep.models.user import build_user_model
+
+        return build_user_model(name, tuple(input_shape), num_classes)
+    if name not in MODELS:
+        raise ConfigError(f"model {name!r} is unknown; allowed: {', '.join(MODELS)}, or module:function")
+    return MODELS[name](tuple(input_shape), num_classes, tuple(hidden))
+
+

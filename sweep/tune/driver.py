@@ -1,0 +1,227 @@
+"""``sweep run``: Ray Tune + Optuna over a search space, every trial into the study's Parquet files.
+
+Resume does not depend on Tune's experiment snapshot: the Parquet files are the record of
+what finished and the Optuna study lives in a journal file beside them. A resumed sweep
+runs only the trials still missing, after telling Optuna how every trial the killed driver
+left "running" really ended, so the two never disagree and no trial is recorded twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweep.config import TrainConfig
+from sweep.errors import ConfigError, SweepError
+from sweep.results.schema import STUDY_FILE
+from sweep.results.store import StudyStore, acquire_study_lock, locked_message, release_study_lock, study_lock_holder
+from sweep.tune.options import SweepOptions, base_config, validate_options
+from sweep.tune.prefix_cache import WEIGHT_FILES, file_digest
+from sweep.tune.ray_session import check_resources, init_ray
+from sweep.tune.search_space import SearchSpace, load_space, space_path
+from sweep.tune.searcher import optuna_searcher
+from sweep.tune.sink import ResultSink, package_versions
+from sweep.tune.study import check_resume, check_writable, write_json
+
+
+@dataclass
+class SweepSummary:
+    study_dir: Path
+    counts: dict[str, int]
+    target: int
+
+    @property
+    def complete(self) -> bool:
+        return sum(v for k, v in self.counts.items()) >= self.target
+
+
+def run_sweep(o: SweepOptions) -> SweepSummary:
+    """Run (or resume) a study; returns what finished. Bad input raises before anything is written."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet sink is the record
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C must stop the whole sweep: Tune's handler would end only the current fit(), which
+    # returns as if done, and the next phase (the search after the references) would start
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    validate_options(o)
+    space = load_space(o.space_file or space_path(o.strategy))
+    if space.strategy != o.strategy:
+        raise ConfigError(f"{space.path} searches strategy {space.strategy!r}, not {o.strategy!r}")
+    base = base_config(o, space)
+    # a module:function benchmark would put ':' and '.' into a folder name
+    study = o.study or re.sub(r"[^A-Za-z0-9_+-]+", "_", f"{o.strategy}-{o.benchmark}-{o.scenario}")
+    results_dir = Path(o.results_dir).resolve()
+    study_dir = results_dir / study
+    meta = {"study": study, "strategy": o.strategy, "space": space.path,
+            "space_sha256": hashlib.sha256(Path(space.path).read_bytes()).hexdigest(),
+            "base_config": base, "seeds": list(range(o.seeds)), "objective": o.objective,
+            "min_plasticity": o.min_plasticity, "sampler": o.sampler,
+            # the checkpoints' contents, not only their paths: a file replaced since is refused on --resume
+            "weights_sha256": {key: file_digest(base[key]) for key in WEIGHT_FILES if base.get(key)}}
+    holder = study_lock_holder(study_dir)
+    if holder is not None:
+        raise SweepError(locked_message(study_dir, holder))
+    exists = (study_dir / STUDY_FILE).exists()
+    if exists and not o.resume:
+        raise ConfigError(f"study {study_dir} already exists; pass --resume to continue it or choose another --study")
+    if exists:
+        check_resume(study_dir, meta)
+        StudyStore(study_dir)  # a torn or foreign Parquet file is refused now, before Ray starts
+    elif o.resume and study_dir.exists() and any(study_dir.iterdir()):
+        raise ConfigError(f"{study_dir} holds files but no {STUDY_FILE}; it is not a study this tool can resume")
+    check_writable(results_dir)
+
+    # the data is read once, on the driver: a missing file fails here, before Ray starts
+    from sweep.data.benchmarks import build_benchmark
+    from sweep.models import build_model, load_weights
+    from sweep.tune.trial import benchmark_to_arrays
+
+    config0 = TrainConfig.from_mapping(base, source=space.path)
+    benchmark = build_benchmark(config0.benchmark, config0.scenario, config0.num_tasks, config0.class_order,
+                                config0.data_root, config0.val_fraction)
+    model0 = build_model(config0.model, benchmark.input_shape, benchmark.num_classes, config0.hidden)
+    n_layers = len(model0.layers())
+    for key in ("pretrained", "init_weights"):  # a checkpoint that does not fit fails here, before Ray starts
+        if getattr(config0, key) is not None:
+            load_weights(model0, getattr(config0, key), strict=key == "pretrained", what=key)
+    frozen = {"fixed.frozen_layers": base.get("frozen_layers", 0)}
+    for p in space.params:
+        if p.name == "frozen_layers":
+            frozen.update({"params.frozen_layers.high": p.high} if p.high is not None else
+                          {"params.frozen_layers.choices": max(p.choices)})
+    for where, value in frozen.items():
+        if value is not None and int(value) >= n_layers:
+            raise ConfigError(f"{space.path}: {where}={value} would freeze all {n_layers} layers "
+                              f"of {config0.model}; allowed up to {n_layers - 1}")
+
+    created = False  # True while the folder is ours and not yet a study: removed again on failure
+    started_ray = False
+    lock: int | None = None
+    try:
+        try:
+            study_dir.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            pass
+        lock = acquire_study_lock(study_dir)
+        for leftover in study_dir.glob(".*.parquet.*.tmp"):  # temporary files of a write a kill interrupted
+            leftover.unlink(missing_ok=True)
+        started_ray = init_ray(o.address, o.dashboard)
+        check_resources(o.cpus_per_trial, o.gpus_per_trial)
+        if not exists:
+            write_json(study_dir / STUDY_FILE, meta)
+        created = False  # from here on the folder is a real study and is kept
+        return _run(o, space, base, study, study_dir, benchmark_to_arrays(benchmark), benchmark.num_tasks)
+    finally:
+        if created and lock is not None:  # never another driver's folder: it would hold the lock
+            shutil.rmtree(study_dir, ignore_errors=True)  # nothing half-made is left behind
+        if lock is not None:
+            release_study_lock(study_dir, lock)
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def count_trials(study_dir: Path, target: int) -> SweepSummary:
+    """How the study's trials ended, from its Parquet record."""
+    store = StudyStore(study_dir)
+    counts = {s: sum(1 for r in store.trials if r["status"] == s) for s in ("finished", "error", "diverged")}
+    return SweepSummary(study_dir, counts, target)
+
+
+# test-only fault injection (tests/test_faults.py), read on the driver and passed to trials in ``setup``
+PID_DIR_ENV = "SWEEP_TEST_PID_DIR"  # every trial start writes <pid>-<ns> there, holding its trial id
+RAISE_AT_LR_ENV = "SWEEP_TEST_RAISE_AT_LR"  # a search trial with this lr raises RuntimeError
+
+
+def _test_faults() -> dict[str, Any]:
+    faults: dict[str, Any] = {}
+    if os.environ.get(PID_DIR_ENV):
+        faults["pid_dir"] = os.environ[PID_DIR_ENV]
+    if os.environ.get(RAISE_AT_LR_ENV):
+        faults["raise_at_lr"] = float(os.environ[RAISE_AT_LR_ENV])
+    return faults
+
+
+
+def _faulty_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None,
+                      setup: dict[str, Any] | None = None) -> None:
+    """``tune_trainable`` behind the faults of ``setup["test_faults"]``."""
+    from sweep.tune.trainable import tune_trainable
+
+    faults = (setup or {}).get("test_faults", {})
+    if faults.get("pid_dir"):  # one file per trial start (a retry is a new one), named by the process
+        from ray import tune
+
+        Path(faults["pid_dir"], f"{os.getpid()}-{time.time_ns()}").write_text(tune.get_context().get_trial_id())
+    lr = params.get("lr")
+    if "raise_at_lr" in faults and isinstance(lr, float) and math.isclose(lr, faults["raise_at_lr"]):
+        raise RuntimeError(f"injected fault: trial with lr={lr:g} raised")
+    tune_trainable(params, payload=payload, setup=setup)
+
+
+def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, study_dir: Path,
+         payload: dict[str, Any], num_tasks: int) -> SweepSummary:
+    import ray
+    from ray import tune
+
+    store = StudyStore(study_dir)
+    seeds = list(range(o.seeds))
+    from sweep.data.entry_points import import_paths
+
+    setup: dict[str, Any] = {"base_config": base, "seeds": seeds, "cpus_per_trial": o.cpus_per_trial,
+                             "num_tasks": num_tasks, "searched": [p.name for p in space.params],
+                             "prefix_dir": str(study_dir / "cache") if o.prefix_cache else None,
+                             # folders of module:function entry points, for the trials' imports
+                             "import_paths": import_paths(base.get("model", ""), base.get("benchmark", ""))}
+    faults = _test_faults()
+    if faults:
+        setup["test_faults"] = faults
+    versions = package_versions()
+    payload_ref = ray.put(payload)  # once into the object store; every trial reads the same copy
+    resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
+
+    sink = ResultSink(store, study, versions, setup, o.quiet)  # one sink: one table, one header
+
+    def tuner_for(name: str, setup_: dict[str, Any], **tune_kwargs: Any) -> Any:
+        from sweep.tune.trainable import tune_trainable
+
+        function = _faulty_trainable if faults else tune_trainable
+        trainable = tune.with_resources(tune.with_parameters(function, payload=payload_ref, setup=setup_), resources)
+        run_config = tune.RunConfig(
+            name=f"{name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S-%f')}",
+            storage_path=str(study_dir / "ray"), callbacks=[sink.callback], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),  # a killed worker is retried once
+        )
+        return tune.Tuner(trainable, run_config=run_config, **tune_kwargs)
+
+    # 1. the references, on the same seeds, once per study
+    missing_refs = [r for r in ("naive", "joint") if o.references and not any(
+        row["role"] == r for row in store.trials)]
+    if missing_refs:
+        tuner_for("references", setup, param_space={"role": tune.grid_search(missing_refs)},
+                  tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=o.max_concurrent)).fit()
+    if o.objective == "constrained":
+        naive = next((row for row in store.trials if row["role"] == "naive" and row["status"] == "finished"), None)
+        if naive is None:
+            raise SweepError("the constrained objective needs the naive reference, which did not finish")
+        setup = {**setup, "objective": {"min_plasticity": o.min_plasticity * naive["val_plasticity_mean"]}}
+
+    # 2. the search: only the trials still missing
+    remaining = o.trials - store.count("search")
+    if remaining > 0:
+        searcher = optuna_searcher(o, space, study_dir)
+        tuner_for("search", setup, tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=remaining, reuse_actors=True,
+            max_concurrent_trials=o.max_concurrent)).fit()
+    return count_trials(study_dir, o.trials + len(("naive", "joint")) * o.references)

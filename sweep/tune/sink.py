@@ -1,0 +1,147 @@
+"""The Tune callback on the driver: each trial's final result becomes the study's Parquet rows, once,
+and a line of the live table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sweep.config import GENERAL_PARAMS, TrainConfig
+from sweep.results.schema import HYPERPARAMETERS, MACHINE_FIELDS, METRICS, SPLITS, metric_column
+from sweep.results.store import StudyStore
+from sweep.strategies import strategy_params
+
+
+def _code_version() -> str:
+    from sweep import __version__
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def package_versions() -> dict[str, str]:
+    import optuna
+    import ray
+    import torch
+
+    return {"code_version": _code_version(), "torch_version": torch.__version__, "ray_version": ray.__version__,
+            "optuna_version": optuna.__version__}
+
+
+class ResultSink:
+    """Tune callback, on the driver: each trial's final result becomes Parquet rows, once."""
+
+    def __init__(self, store: StudyStore, study: str, versions: dict[str, str], setup: dict[str, Any],
+                 quiet: bool) -> None:
+        from ray.tune import Callback
+
+        self.store, self.study, self.versions, self.setup, self.quiet = store, study, versions, setup, quiet
+        self.printed_header = False
+        sink = self
+
+        class _Callback(Callback):
+            def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+                if result.get("final"):
+                    sink.record(trial.trial_id, trial.config, result)
+
+            def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+                sink.record_error(trial)
+
+        self.callback = _Callback()
+
+    def _row(self, trial_id: str, params: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
+        role = params.get("role", "search")
+        values = {**self.setup["base_config"], **{k: v for k, v in params.items() if k != "role"}}
+        if role != "search":
+            values["strategy"], values["frozen_layers"] = role, 0
+        config = TrainConfig.from_mapping(values, source="trial config")
+        relevant = set(GENERAL_PARAMS) | set(strategy_params(config.strategy))
+        seeds = self.setup["seeds"]
+        row = {
+            "study": self.study, "trial_id": trial_id, "status": status, "reason": reason, "role": role,
+            "strategy": config.strategy, "benchmark": config.benchmark, "scenario": config.scenario,
+            "model": config.model, "num_tasks": self.setup["num_tasks"],
+            **{f"hp_{k}": (getattr(config, k) if k in relevant else None) for k in HYPERPARAMETERS},
+            "n_seeds": len(seeds), "seeds": ",".join(map(str, seeds)),
+            # settings and the strategy's own hyperparameters; not the other strategies' defaults
+            "config": json.dumps({k: v for k, v in config.to_dict().items() if k not in MACHINE_FIELDS
+                                  and v is not None and (k not in HYPERPARAMETERS or k in relevant)}),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            **self.versions,
+        }
+        return row
+
+    def record(self, trial_id: str, params: dict[str, Any], result: dict[str, Any]) -> None:
+        if self.store.has(trial_id):
+            return
+        status = result.get("status", "finished")
+        row = self._row(trial_id, params, status, result.get("reason", ""))
+        if status == "finished":
+            row.update({metric_column(s, m, st): result.get(metric_column(s, m, st)) for s in SPLITS
+                        for m in METRICS for st in ("mean", "std")})
+        row.update({"fisher_mean": result.get("fisher_mean"), "fisher_trace": result.get("fisher_trace"),
+                    "duration_s": result.get("duration_s"), "node": result.get("node")})
+        accuracy = []
+        for seed, matrices in (result.get("accuracy") or {}).items():
+            for split in SPLITS:
+                if not matrices.get(split):
+                    continue
+                for i, acc in enumerate(matrices[f"initial_{split}"]):
+                    accuracy.append({"study": self.study, "trial_id": trial_id, "seed": int(seed), "split": split,
+                                     "after_task": 0, "eval_task": i + 1, "accuracy": acc})
+                for t, row_values in enumerate(matrices[split]):
+                    for i, acc in enumerate(row_values):
+                        if acc >= 0:  # -1 marks rows never reached (a diverged run)
+                            accuracy.append({"study": self.study, "trial_id": trial_id, "seed": int(seed),
+                                             "split": split, "after_task": t + 1, "eval_task": i + 1,
+                                             "accuracy": acc})
+        self.store.add(row, accuracy)
+        self._print(row)
+
+    def record_error(self, trial: Any) -> None:
+        if self.store.has(trial.trial_id):
+            return
+        reason = "trial raised an error"
+        try:
+            error_file = trial.error_file
+            if error_file and Path(error_file).exists():
+                lines = [ln for ln in Path(error_file).read_text().strip().splitlines() if ln.strip()]
+                reason = lines[-1][:300] if lines else reason
+        except Exception:  # the reason is a courtesy; the status is what matters
+            pass
+        row = self._row(trial.trial_id, trial.config, "error", reason)
+        self.store.add(row, [])
+        self._print(row)
+
+    def _print(self, row: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        params = self.setup["searched"]
+        if not self.printed_header:
+            print(f"{'trial':<14}{'role':<8}" + "".join(f"{p:>21}" for p in params)
+                  + f"{'stability %':>16}{'plasticity %':>16}  status", flush=True)
+            self.printed_header = True
+        values = "".join(f"{format_value(row.get('hp_' + p)) if row['role'] == 'search' else '-':>21}" for p in params)
+        stab = format_pm(row.get("val_stability_mean"), row.get("val_stability_std"))
+        plas = format_pm(row.get("val_plasticity_mean"), row.get("val_plasticity_std"))
+        note = row["status"] + (f" ({row['reason'][:60]})" if row["reason"] else "")
+        print(f"{row['trial_id']:<14}{row['role']:<8}{values}{stab:>16}{plas:>16}  {note}", flush=True)
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.1f}±{100 * (std or 0):.1f}"

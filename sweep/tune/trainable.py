@@ -1,0 +1,50 @@
+"""The Ray Tune function trainable: a thin wrapper that runs :func:`sweep.tune.trial.run_trial` in Ray."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sweep.config import TrainConfig
+from sweep.tune.trial import benchmark_from_arrays, run_trial
+
+
+def trial_device() -> torch.device:
+    """CUDA when Ray gave this trial a GPU, the CPU otherwise."""
+    try:
+        import ray
+
+        if ray.is_initialized() and ray.get_gpu_ids() and torch.cuda.is_available():
+            return torch.device("cuda")
+    except Exception:  # outside Ray, or no runtime context: the CPU is always right
+        pass
+    return torch.device("cpu")
+
+
+def tune_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None,
+                   setup: dict[str, Any] | None = None) -> None:
+    """The Ray Tune function trainable (wrapped with ``tune.with_parameters(payload=..., setup=...)``)."""
+    import ray
+    from ray import tune
+
+    assert payload is not None and setup is not None
+    torch.set_num_threads(max(1, int(setup.get("cpus_per_trial", 1))))
+    if setup.get("import_paths"):  # a user's module:function model is imported here, in the trial's process
+        from sweep.data.entry_points import add_import_paths
+
+        add_import_paths(setup["import_paths"])
+    values = {**setup["base_config"], **{k: v for k, v in params.items() if k != "role"}}
+    role = params.get("role", "search")
+    if role in ("naive", "joint"):
+        values["strategy"] = role
+        values["frozen_layers"] = 0
+    config = TrainConfig.from_mapping(values, source="trial config")
+    benchmark = benchmark_from_arrays(payload)
+    node = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict[str, Any]) -> None:
+        tune.report({**metrics, "node": node} if metrics.get("final") else metrics)
+
+    run_trial(config, benchmark, list(setup["seeds"]), report, device=trial_device(), objective=setup.get("objective"),
+              prefix_dir=setup.get("prefix_dir"))
