@@ -31,11 +31,11 @@ from torch import Tensor, nn
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError
 from sweep.models import freeze_layers, named_layers
-from sweep.strategies import parse_strategy
 from sweep.strategies.distill import _frozen_copy, distillation_term
 from sweep.strategies.ewc import EWC
 from sweep.strategies.fisher import ESTIMATORS, fisher_diagonal
 from sweep.strategies.l2sp import L2SP
+from sweep.strategies.registry import parse_strategy
 from sweep.strategies.replay import balanced_quotas
 from sweep.train.optim import make_optimizer
 

@@ -20,7 +20,7 @@ from sweep.data.benchmarks import build_benchmark
 from sweep.data.tasks import Benchmark, to_float
 from sweep.errors import ConfigError
 from sweep.models import build_model, unwrap
-from sweep.strategies import parse_strategy
+from sweep.strategies.registry import parse_strategy
 from sweep.train.trainer import run_config
 from tests.fake_study import make_study
 

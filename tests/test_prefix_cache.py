@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sweep.config import TrainConfig
-from sweep.strategies import STRATEGIES
+from sweep.strategies.registry import STRATEGIES
 from sweep.train.trainer import load_benchmark
 from sweep.tune.prefix_cache import PrefixCache, prefix_free_fields, prefix_key
 from sweep.tune.trial import run_trial

@@ -19,9 +19,9 @@ from sweep.data.benchmarks import build_benchmark
 from sweep.data.tasks import Benchmark, to_float
 from sweep.errors import ConfigError
 from sweep.models import build_model, layer_parameters
-from sweep.strategies import STRATEGIES, build_strategy, parse_strategy
 from sweep.strategies.base import Batch, Strategy, TaskContext
 from sweep.strategies.ewc import EWC, quadratic_penalty
+from sweep.strategies.registry import STRATEGIES, build_strategy, parse_strategy
 from sweep.strategies.replay import Replay, balanced_quotas
 from sweep.train.trainer import SequenceResult, masked_logits, train_sequence
 

@@ -15,7 +15,7 @@ import torch
 from sweep.config import TrainConfig
 from sweep.data.benchmarks import build_benchmark
 from sweep.models import build_model
-from sweep.strategies import build_strategy
+from sweep.strategies.registry import build_strategy
 from sweep.train.trainer import SequenceResult, train_sequence
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 from sweep.commands.run import end_front
 from sweep.errors import ConfigError
 from sweep.results.schema import ACCURACY_COLUMNS, HYPERPARAMETERS, METRICS, SPLITS, TRIALS_COLUMNS, metric_column
-from sweep.strategies import STRATEGIES, strategy_params
+from sweep.strategies.registry import STRATEGIES, strategy_params
 from sweep.tune.driver import SweepOptions, run_sweep
 from sweep.tune.search_space import DEFAULT_SPACES_DIR, GENERAL_PARAMS, load_space
 

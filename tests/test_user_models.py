@@ -21,7 +21,7 @@ from sweep.data.entry_points import add_import_paths, import_paths
 from sweep.data.tasks import Benchmark, Split, Task
 from sweep.errors import ConfigError, DataError, SweepError
 from sweep.models import Wrapped, build_model, load_weights, named_layers, save_weights, unwrap
-from sweep.strategies import build_strategy
+from sweep.strategies.registry import build_strategy
 from sweep.train.trainer import _layer_groups, evaluate, load_benchmark, run_config, train_sequence
 from sweep.tune.prefix_cache import prefix_key
 from tests.helpers import REPO, run_cli

@@ -22,8 +22,8 @@ from sweep.config import TrainConfig
 from sweep.data.tasks import Benchmark, Split, to_float
 from sweep.metrics import all_metrics
 from sweep.models import LayeredModel, build_model, freeze_layers, layer_parameters, load_weights
-from sweep.strategies import build_strategy
 from sweep.strategies.base import Batch, Strategy, TaskContext, TrainingData
+from sweep.strategies.registry import build_strategy
 from sweep.train.optim import make_optimizer
 
 EVAL_BATCH = 4096  # evaluation has no graph to keep, so large batches cost only activations

@@ -32,7 +32,7 @@ WEIGHT_FILES = ("init_weights", "pretrained")  # config fields naming files: the
 
 def prefix_free_fields(strategy_spec: str) -> set[str]:
     """Fields that cannot change the state after task 1, for this (composite) strategy."""
-    from sweep.strategies import STRATEGIES, parse_strategy
+    from sweep.strategies.registry import STRATEGIES, parse_strategy
 
     free = set(TRAINER_PREFIX_FREE)
     for name in parse_strategy(strategy_spec):
@@ -50,7 +50,7 @@ def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:
 
     free = prefix_free_fields(config.strategy)
     fields = {k: v for k, v in config.to_dict().items() if k not in free}
-    from sweep.strategies import strategy_components
+    from sweep.strategies.registry import strategy_components
 
     identity = {
         "config": fields,

@@ -26,7 +26,7 @@ from typing import Any
 
 from sweep.config import GENERAL_PARAMS, TrainConfig, read_yaml
 from sweep.errors import ConfigError
-from sweep.strategies import parse_strategy, strategy_params
+from sweep.strategies.registry import parse_strategy, strategy_params
 
 # set per sweep on the command line, never searched or fixed in a space file
 SWEEP_LEVEL = ("benchmark", "scenario", "num_tasks", "class_order", "data_root", "seed", "strategy", "pretrained",

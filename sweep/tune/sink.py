@@ -12,7 +12,7 @@ from typing import Any
 from sweep.config import GENERAL_PARAMS, TrainConfig
 from sweep.results.schema import HYPERPARAMETERS, MACHINE_FIELDS, METRICS, SPLITS, metric_column
 from sweep.results.store import StudyStore
-from sweep.strategies import strategy_params
+from sweep.strategies.registry import strategy_params
 
 
 def _code_version() -> str:

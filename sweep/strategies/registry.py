@@ -1,0 +1,136 @@
+"""Strategy registry and composition (``ewc+replay+freeze``).
+
+One file per strategy; this explicit dict is the only place a new one is registered. The
+trainer does not change when a strategy is added.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from sweep.config import TrainConfig
+from sweep.errors import ConfigError
+from sweep.strategies.base import Batch, Strategy, TaskContext, TrainingData
+from sweep.strategies.distill import Distill
+from sweep.strategies.ewc import EWC
+from sweep.strategies.freeze import Freeze
+from sweep.strategies.joint import Joint
+from sweep.strategies.l2sp import L2SP
+from sweep.strategies.naive import Naive
+from sweep.strategies.replay import Replay
+
+# name -> class with ``from_config(config) -> Strategy``; filled explicitly, never by scanning modules
+STRATEGIES: dict[str, type[Strategy]] = {
+    "naive": Naive,
+    "joint": Joint,
+    "ewc": EWC,
+    "distill": Distill,
+    "replay": Replay,
+    "l2sp": L2SP,
+    "freeze": Freeze,
+}
+
+# references: they stand alone, as the floor and the ceiling every study is compared with
+STANDALONE = ("naive", "joint")
+
+
+class Composite(Strategy):
+    """Several strategies at once: hooks run in order, penalties add, freezing takes the max."""
+
+    name = "composite"
+
+    def __init__(self, parts: list[Strategy]) -> None:
+        self.parts = parts
+        self.name = "+".join(p.name for p in parts)  # type: ignore[misc]
+
+    def before_task(self, ctx: TaskContext) -> None:
+        for part in self.parts:
+            part.before_task(ctx)
+
+    def training_data(self, ctx: TaskContext) -> TrainingData | None:
+        for part in self.parts:
+            data = part.training_data(ctx)
+            if data is not None:
+                return data
+        return None
+
+    def adjust_batch(self, ctx: TaskContext, batch: Batch) -> Batch:
+        for part in self.parts:
+            batch = part.adjust_batch(ctx, batch)
+        return batch
+
+    def frozen_layers(self, task_index: int) -> int:
+        return max(p.frozen_layers(task_index) for p in self.parts)
+
+    def ce_weight(self, task_index: int) -> float:
+        weight = 1.0
+        for part in self.parts:
+            weight *= part.ce_weight(task_index)
+        return weight
+
+    def penalty(self, ctx: TaskContext, batch: Batch, raw_logits: Tensor) -> Tensor | None:
+        total = None
+        for part in self.parts:
+            term = part.penalty(ctx, batch, raw_logits)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def after_task(self, ctx: TaskContext) -> None:
+        for part in self.parts:
+            part.after_task(ctx)
+
+    def stats(self) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for part in self.parts:
+            merged.update(part.stats())
+        return merged
+
+    def state_dict(self) -> dict[str, Tensor | float | int]:
+        return {f"{part.name}.{key}": value for part in self.parts for key, value in part.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor | float | int]) -> None:
+        for part in self.parts:
+            prefix = f"{part.name}."
+            part.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+
+
+def parse_strategy(spec: str) -> tuple[str, ...]:
+    """``"ewc+replay"`` -> ``("ewc", "replay")``, refusing unknown, repeated or meaningless combinations."""
+    names = tuple(part.strip() for part in spec.split("+"))
+    for name in names:
+        if name not in STRATEGIES:
+            raise ConfigError(f"strategy {name!r} is unknown; allowed: {', '.join(STRATEGIES)} (combine with '+')")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"strategy {spec!r} names a component twice")
+    if len(names) > 1:
+        for name in STANDALONE:
+            if name in names:
+                raise ConfigError(f"strategy {spec!r}: {name!r} is a reference and cannot be combined")
+    return names
+
+
+def strategy_params(spec: str) -> tuple[str, ...]:
+    """TrainConfig fields a (composite) strategy reads; the trainer's own knobs are not listed."""
+    return tuple(p for name in parse_strategy(spec) for p in STRATEGIES[name].params)
+
+
+def strategy_components(config: TrainConfig) -> tuple[str, ...]:
+    """The components ``build_strategy`` builds: the named ones, plus freeze when layers are frozen."""
+    names = parse_strategy(config.strategy)
+    if config.frozen_layers > 0 and "freeze" not in names:
+        if "joint" in names:
+            raise ConfigError("strategy 'joint' is a reference and cannot freeze layers (frozen_layers must be 0)")
+        names = (*names, "freeze")  # frozen-layer count is a knob of every strategy
+    return names
+
+
+def build_strategy(config: TrainConfig, num_layers: int) -> Strategy:
+    """The strategy for ``config``; ``num_layers`` bounds ``frozen_layers``."""
+    if config.frozen_layers >= num_layers:
+        raise ConfigError(
+            f"frozen_layers={config.frozen_layers} would freeze every layer of a {num_layers}-layer model; "
+            f"allowed: 0 to {num_layers - 1}"
+        )
+    parts = [STRATEGIES[name].from_config(config) for name in strategy_components(config)]
+    return parts[0] if len(parts) == 1 else Composite(parts)
