@@ -14,12 +14,14 @@ MAX_CONCURRENT ?=
 ADDRESS ?=
 SAMPLER ?= tpe
 RESUME ?=
+# any other `sweep run` flag, e.g. every trial's TrainConfig values: SWEEP_ARGS="--hidden 400,400 --lr 3e-4"
+SWEEP_ARGS ?=
 
 SWEEP_FLAGS = --strategy $(STRATEGY) --benchmark $(BENCHMARK) --scenario $(SCENARIO) --trials $(TRIALS) \
 	--seeds $(SEEDS) --study $(STUDY) --results $(RESULTS) --gpus-per-trial $(GPUS_PER_TRIAL) \
 	--cpus-per-trial $(CPUS_PER_TRIAL) --sampler $(SAMPLER) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(MAX_CONCURRENT),--max-concurrent $(MAX_CONCURRENT)) \
-	$(if $(ADDRESS),--address $(ADDRESS)) $(if $(RESUME),--resume)
+	$(if $(ADDRESS),--address $(ADDRESS)) $(if $(RESUME),--resume) $(SWEEP_ARGS)
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_AUTH_MODE ?= disabled

@@ -18,9 +18,10 @@ from bench.common import Settings
 from sweep.data.holdout import holdout_mask, resolve_data_root
 from sweep.data.idx import read_idx
 from sweep.data.tasks import Benchmark, Split
+from sweep.hparams import DEFAULTS
 
 TASK_LABELS = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))  # default 2-task Split-MNIST
-VAL_FRACTION = 0.1  # TrainConfig's default
+VAL_FRACTION = DEFAULTS["val_fraction"]  # TrainConfig's default
 SPLIT_SEED = 0  # build_benchmark's default
 QUICK_SAMPLES = 1024  # per task and split in --quick: the smoke mode only has to produce numbers
 

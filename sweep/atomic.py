@@ -19,18 +19,12 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(
-    path: str | os.PathLike[str],
-    write: Callable[[BinaryIO], None],
-    *,
-    before_replace: Callable[[], None] | None = None,
-) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(handle)`` on a temporary file in ``path``'s folder, then rename it over ``path``.
 
     Args:
         path: the destination; its folder must exist.
         write: writes the whole content to the binary handle it is given.
-        before_replace: called between the complete temporary file and the rename (fault-injection tests).
 
     Returns:
         The destination path.
@@ -43,8 +37,6 @@ def atomic_write(
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
-        if before_replace is not None:
-            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

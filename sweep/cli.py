@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
+    args.argv = argv  # as given: what `sweep run` repeats in its resume hint
     try:
         return int(args._module.run(args) or 0)
     except SweepError as err:

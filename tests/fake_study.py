@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 
 from sweep.analysis.io import ACCURACY_FILE, TRIALS_FILE, write_parquet_atomic
+from sweep.hparams import BY_NAME
 from sweep.results import schema
 
 # hyperparameter columns hold one type each, as the sweep writes them; nullable ints keep 3 an int
-_INT_HPS = ("epochs", "batch_size", "fisher_samples", "replay_size", "frozen_layers", "early_stop_patience")
-_STR_HPS = ("optimizer", "fisher", "ewc_mode")
+_INT_HPS = tuple(name for name in schema.HYPERPARAMETERS if BY_NAME[name].type is int)
+_STR_HPS = tuple(name for name in schema.HYPERPARAMETERS if BY_NAME[name].type is str)
 
 
 def trial_row(**values: object) -> dict[str, object]:

@@ -2,9 +2,8 @@
 
 Each test starts the real ``sweep run`` in its own session (or uses the session-wide Ray), is
 bounded by subprocess timeouts, and stops exactly the processes it started (by session id).
-The test-only hooks are environment variables read by the driver: ``SWEEP_TEST_PAUSE_IN_WRITE``
-and ``SWEEP_TEST_PAUSE_AFTER_WRITE`` (sweep/results.py), ``SWEEP_TEST_PID_DIR`` and
-``SWEEP_TEST_RAISE_AT_LR`` (sweep/runner.py).
+The faults (pauses inside and after a write, a pid file per trial start, a trial that raises)
+are injected from tests/faults/: the package has no test-only switch (tests/test_architecture.py).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import pytest
 from sweep.commands.run import end_front
 from sweep.errors import SweepError
 from sweep.results.store import LOCK_FILE, StudyStore, acquire_study_lock, release_study_lock
+from tests.faults import PAUSE_AFTER_WRITE_ENV, PAUSE_IN_WRITE_ENV, PID_DIR_ENV, fault_env, raising_at_lr
 from tests.helpers import parquet_rows, run_cli, session_pids, start_cli, stop_session, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -86,7 +86,7 @@ def test_sigkill_between_trials_and_while_writing_then_resume(tmp_path: Path):
     """
     args = sweep_args(tmp_path, "killed", trials=3)
     study = tmp_path / "killed"
-    proc = start_cli(*args, env={"SWEEP_TEST_PAUSE_AFTER_WRITE": "20"})
+    proc = start_cli(*args, env=fault_env(**{PAUSE_AFTER_WRITE_ENV: "20"}))
     try:
         assert wait_until(lambda: parquet_rows(study / "trials.parquet") >= 1, 120, proc), proc.stdout.read()
         kill(proc)  # inside the 20 s pause that follows the commit
@@ -97,7 +97,7 @@ def test_sigkill_between_trials_and_while_writing_then_resume(tmp_path: Path):
     assert [t.state.name for t in optuna_trials(study)] == ["RUNNING"]  # the window this kill is about
     assert (study / LOCK_FILE).exists()  # a stale lock, left by the killed driver: it must not block
 
-    proc = start_cli(*args, "--resume", env={"SWEEP_TEST_PAUSE_IN_WRITE": "2"})
+    proc = start_cli(*args, "--resume", env=fault_env(**{PAUSE_IN_WRITE_ENV: "2"}))
     try:
         assert wait_until(lambda: parquet_rows(study / "trials.parquet") >= 2, 120, proc), proc.stdout.read()
         committed = (study / "trials.parquet").read_bytes()
@@ -178,7 +178,7 @@ def test_killed_trial_worker_is_retried_and_the_sweep_goes_on(tmp_path: Path):
     pid_dir.mkdir()
     args = sweep_args(tmp_path, "worker", epochs=40)
     study = tmp_path / "worker"
-    proc = start_cli(*args, env={"SWEEP_TEST_PID_DIR": str(pid_dir)})
+    proc = start_cli(*args, env=fault_env(**{PID_DIR_ENV: str(pid_dir)}))
     try:
         assert wait_until(lambda: any(pid_dir.iterdir()), 120, proc), proc.stdout.read()
         first = next(pid_dir.iterdir())
@@ -233,11 +233,12 @@ def test_raising_and_diverging_trials_are_recorded_and_left_off_the_front(ray_se
 
     from sweep.analysis.io import load_study
     from sweep.analysis.pareto import pareto_front
+    from sweep.tune import trainable
     from sweep.tune.driver import SweepOptions, run_sweep
 
     lrs = [0.05, 0.02, 1.0e9, 0.01]  # finished, raises, diverges (sgd), finished
     monkeypatch.setattr(optuna.samplers, "TPESampler", lambda **kwargs: Cycle(lrs))
-    monkeypatch.setenv("SWEEP_TEST_RAISE_AT_LR", "0.02")
+    monkeypatch.setattr(trainable, "tune_trainable", raising_at_lr(0.02))  # the driver runs here, in-process
     space = tmp_path / "space.yaml"
     space.write_text("strategy: naive\nfixed: {optimizer: sgd, epochs: 1}\n"
                      f"params:\n  lr: {{type: categorical, choices: {lrs}}}\n")

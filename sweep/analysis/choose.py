@@ -30,33 +30,14 @@ import pandas as pd
 from sweep.analysis.io import Study, write_atomic
 from sweep.analysis.pareto import eligible
 from sweep.errors import ConfigError, ResultsError
+from sweep.hparams import BY_NAME
 from sweep.results import schema
 
 REFERENCES = ("naive", "joint")
 CONFIG_SETTINGS = ("strategy", "benchmark", "scenario", "model", "num_tasks")
-# schema.py has hyperparameter names only; these are TrainConfig's types, so that a value read back
-# from a float64 Parquet column (3.0 epochs) is written as the int TrainConfig expects
-HYPERPARAMETER_TYPES: dict[str, type] = {
-    "lr": float,
-    "finetune_lr": float,
-    "lr_decay": float,
-    "early_stop_patience": int,
-    "epochs": int,
-    "batch_size": int,
-    "optimizer": str,
-    "weight_decay": float,
-    "ewc_lambda": float,
-    "fisher": str,
-    "fisher_samples": int,
-    "ewc_mode": str,
-    "ewc_gamma": float,
-    "distill_temperature": float,
-    "distill_alpha": float,
-    "replay_size": int,
-    "replay_ratio": float,
-    "l2sp_lambda": float,
-    "frozen_layers": int,
-}
+# TrainConfig's types, from the hyperparameter table: a value read back from a float64 Parquet column
+# (3.0 epochs) is written as the int TrainConfig expects
+HYPERPARAMETER_TYPES: dict[str, type] = {name: BY_NAME[name].type for name in schema.HYPERPARAMETERS}
 _TOLERANCE = 1e-9  # "naive - 0.01" is computed in floating point; an exact tie must still count as met
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?%?"
 _CONSTRAINT = re.compile(r"^\s*(?P<metric>[A-Za-z_]+)\s*(?P<op>>=|<=|>|<|≥|≤)\s*(?P<rhs>.+?)\s*$")

@@ -3,7 +3,8 @@
 The analysis side reads only ``results/<study>/trials.parquet`` and ``accuracy.parquet``, with
 pyarrow (nothing is unpickled), and checks columns, ``schema_version``, statuses, roles and
 trial ids before any number is used: a file from another version of the sweep, or a truncated
-one, is refused with a one-line :class:`~sweep.errors.ResultsError` rather than misread.
+one, is refused with a one-line :class:`~sweep.errors.ResultsError` rather than misread. A
+hyperparameter column added since a file was written reads as null (the default of its time).
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ import pyarrow.parquet as pq
 
 from sweep.atomic import atomic_write
 from sweep.errors import ResultsError
+from sweep.hparams import BY_NAME
 from sweep.results import schema
 from sweep.results.schema import ACCURACY_FILE, TRIALS_FILE
+
+# how a hyperparameter column reads when a file lacks it: as pandas reads a column of nulls of its type
+_HP_DTYPES = {f"hp_{name}": "object" if BY_NAME[name].type is str else "float64" for name in schema.HYPERPARAMETERS}
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,13 +144,19 @@ def _read_checked(file: Path, required: tuple[str, ...]) -> pd.DataFrame:
                 " analyse it with the sweep version that wrote it, or re-run the study"
             )
     missing = [column for column in required if column not in columns]
-    if missing:
+    # a hyperparameter column the file lacks was added after it was written: null, the default of its time;
+    # any other column missing, and the file is of another schema (every missing column is named)
+    absent = missing if set(missing) <= set(schema.HP_COLUMNS) else []
+    if missing and not absent:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise ResultsError(f"{file} lacks column(s) {shown} of schema version {schema.SCHEMA_VERSION}")
     try:
-        return table.to_pandas()
+        frame = table.to_pandas()
     except (pa.ArrowException, ValueError, TypeError) as err:
         raise ResultsError(f"cannot convert {file} to a table: {err}") from err
+    for column in absent:
+        frame[column] = pd.Series([None] * len(frame), index=frame.index, dtype=_HP_DTYPES[column])
+    return frame
 
 
 def _check_values(file: Path, trials: pd.DataFrame) -> None:

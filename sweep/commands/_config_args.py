@@ -1,64 +1,78 @@
-"""TrainConfig <-> argparse: one ``--flag`` per config field, layered over an optional ``--config`` file."""
+"""TrainConfig <-> argparse: one ``--flag`` per row of the hyperparameter table, its help the row's why.
+
+``sweep train`` and ``sweep pretrain`` layer the flags over an optional ``--config`` file; ``sweep
+run`` takes them as values every trial of the sweep shares. A flag's text is parsed to the row's
+type here; the value itself is checked by the row (through TrainConfig or the sweep's options).
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError
+from sweep.hparams import ROWS, HParam
 
-# fields whose flags take a comma-separated list of ints
-_LIST_FIELDS = ("hidden", "class_order")
+
+def expanded_path(text: str) -> str:
+    """argparse ``type`` of a path option: ``~/data`` is the home folder's, as a shell would read it."""
+    return os.path.expanduser(text)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config FILE`` and one flag per TrainConfig field (``ewc_lambda`` -> ``--ewc-lambda``)."""
-    parser.add_argument("--config", metavar="FILE", help="YAML config (e.g. chosen.yaml from `sweep choose`)")
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    parser.add_argument("--config", metavar="FILE", type=expanded_path,
+                        help="YAML config (e.g. chosen.yaml from `sweep choose`)")
+    add_field_flags(parser)
+
+
+def add_field_flags(parser: argparse.ArgumentParser, skip: Collection[str] = (),
+                    default_text: Callable[[HParam], str | None] = lambda row: None) -> None:
+    """One flag per row not in ``skip``, default None (not given); ``default_text(row)`` replaces the help's
+    default (``sweep run``: the space's value, else the row's)."""
+    for row in ROWS:
+        if row.name in skip:
+            continue
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
+            row.flag,
+            dest=row.name,
             default=None,
-            metavar=f.name.upper() if f.name not in _LIST_FIELDS else "N,N,...",
-            help=f"default: {shown}",
+            metavar="N,N,..." if row.type is tuple else row.name.upper(),
+            help=row.help(default_text(row)).replace("%", "%%"),  # argparse formats help with %
         )
 
 
-def _parse_flag(name: str, text: str) -> Any:
-    """Turn a flag's text into the value TrainConfig checks; the type check itself is TrainConfig's."""
-    if name in _LIST_FIELDS:
+def parse_flag(row: HParam, text: str) -> Any:
+    """Turn a flag's text into a value of the row's type; the range check itself is the row's."""
+    if row.nullable and text.lower() in ("none", "null"):
+        return None
+    if row.type is tuple:
         try:
             return [int(part) for part in text.split(",") if part.strip()]
         except ValueError:
-            raise ConfigError(f"--{name.replace('_', '-')} must be comma-separated integers, got {text!r}") from None
-    hint = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[name]
-    hint = str(hint)
-    if text.lower() in ("none", "null") and "None" in hint:
-        return None
-    for kind in (int, float):
-        if kind.__name__ in hint:
-            try:
-                return kind(text)
-            except ValueError:
-                if kind is int and "float" not in hint:
-                    raise ConfigError(f"--{name.replace('_', '-')} must be an integer, got {text!r}") from None
-    if "float" in hint:
-        raise ConfigError(f"--{name.replace('_', '-')} must be a number, got {text!r}")
-    return text
+            raise ConfigError(f"{row.flag} must be comma-separated integers, got {text!r}") from None
+    if row.type in (int, float):
+        try:
+            return row.type(text)
+        except ValueError:
+            kind = "an integer" if row.type is int else "a number"
+            raise ConfigError(f"{row.flag} must be {kind}, got {text!r}") from None
+    return os.path.expanduser(text) if row.path else text
+
+
+def given_fields(args: argparse.Namespace, skip: Collection[str] = ()) -> dict[str, Any]:
+    """The TrainConfig fields given as flags (parsed), by name; ``skip``: fields with no such flag."""
+    return {row.name: parse_flag(row, getattr(args, row.name)) for row in ROWS
+            if row.name not in skip and getattr(args, row.name, None) is not None}
 
 
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     """Defaults, then ``--config FILE``, then explicit flags: later wins."""
     config = TrainConfig.from_yaml(args.config) if getattr(args, "config", None) else (base or TrainConfig())
-    overrides = {
-        name: _parse_flag(name, getattr(args, name))
-        for name in TrainConfig.field_names()
-        if getattr(args, name, None) is not None
-    }
+    overrides = given_fields(args)
     if not overrides:
         return config
     return TrainConfig.from_mapping({**config.to_dict(), **overrides}, source="command line")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sweep.commands._config_args import add_config_arguments, config_from_args
+from sweep.commands._config_args import add_config_arguments, config_from_args, expanded_path
 from sweep.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="PATH", help="where to write the source model's state_dict")
+    parser.add_argument("--out", required=True, metavar="PATH", type=expanded_path,
+                        help="where to write the source model's state_dict")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 
 

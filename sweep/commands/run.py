@@ -10,28 +10,26 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweep.commands._config_args import add_field_flags, expanded_path, given_fields
+from sweep.hparams import BY_NAME
+
 if TYPE_CHECKING:
     from sweep.tune.driver import SweepSummary
+
+
+# TrainConfig fields with no flag here: the seeds come from --seeds, the strategy is the space's (--strategy)
+NOT_FLAGS = ("seed", "strategy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--strategy", default="ewc", help="strategy to sweep, e.g. ewc, distill, replay, ewc+replay (default: ewc)")
-    a("--space", dest="space_file", default=None, help="search-space YAML (default: search_spaces/<strategy>.yaml)")
+    a("--space", dest="space_file", default=None, type=expanded_path,
+      help="search-space YAML (default: search_spaces/<strategy>.yaml)")
     a("--study", default=None, help="study name (default: <strategy>-<benchmark>-<scenario>)")
-    a("--results", dest="results_dir", default="results", help="results folder (default: results)")
+    a("--results", dest="results_dir", default="results", type=expanded_path, help="results folder (default: results)")
     a("--trials", type=_int("--trials"), default=16, help="search trials, references not counted (default: 16)")
     a("--seeds", type=_int("--seeds"), default=3, help="seeds per trial (default: 3)")
-    a("--benchmark", default="split-digits",
-      help="benchmark, or your tasks as module:function (default: split-digits, offline)")
-    a("--scenario", default="task", help="class, task or domain (default: task)")
-    a("--num-tasks", type=_int("--num-tasks"), default=None, help="number of tasks (default: the benchmark's)")
-    a("--data-root", default=None, help="data root in torchvision's layout (default: $SWEEP_DATA_ROOT or ./data)")
-    a("--model", default="mlp", help="mlp, cnn, resnet18/34/50, or your builder as module:function (default: mlp)")
-    a("--pretrained", default=None,
-      help="state_dict after the source task (task 1): it is evaluated from this checkpoint, not trained")
-    a("--init-weights", default=None, help="state_dict every trial starts task 1 from (e.g. ImageNet weights)")
-    a("--epochs", type=_int("--epochs"), default=None, help="epochs per task (default: the space's)")
     a("--sampler", default="tpe", help="tpe or nsga2 (default: tpe)")
     a("--objective", default="pareto",
       help="pareto: maximise stability and plasticity; constrained: maximise stability s.t. plasticity")
@@ -50,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--quiet", action="store_true", help="no per-trial table")
     a("--no-prefix-cache", dest="prefix_cache", action="store_false",
       help="recompute the state after task 1 in every trial instead of sharing it")
+    # every other TrainConfig field, shared by every trial; a value given here overrides the space's fixed one
+    add_field_flags(parser.add_argument_group("the config every trial shares (the space's fixed values, overridden)"),
+                    skip=NOT_FLAGS, default_text=lambda row: None if row.per_sweep else
+                    f"the space's, else {row.shown_default()}")
 
 
 def _int(flag: str):  # noqa: ANN202 - argparse type factory
@@ -74,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     from sweep.tune.driver import SweepOptions, run_sweep
 
     fields = SweepOptions.__dataclass_fields__
-    options = SweepOptions(**{k: v for k, v in vars(args).items() if k in fields})
+    config = given_fields(args, skip=NOT_FLAGS)  # --hidden 400,400 -> {"hidden": [400, 400]}
+    options = SweepOptions(**{k: v for k, v in vars(args).items() if k in fields and (k not in BY_NAME or
+                                                                                     k in NOT_FLAGS)},
+                           **{k: v for k, v in config.items() if k in fields},
+                           extra={k: v for k, v in config.items() if k not in fields})
     interrupted: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -96,11 +102,17 @@ def run(args: argparse.Namespace) -> int:
         print_summary(summary)
         if summary.complete:
             return 0
-    argv = sys.argv[sys.argv.index("run") + 1:] if "run" in sys.argv else []
-    resume = shlex.join(["sweep", "run", *[a for a in argv if a != "--resume"], "--resume"])
-    print(f"sweep run: interrupted before every trial finished; finished trials are saved. Resume with: {resume}",
-          file=sys.stderr)
+    print(f"sweep run: interrupted before every trial finished; finished trials are saved. Resume with: "
+          f"{resume_hint(args)}", file=sys.stderr)
     return 128 + interrupted[0] if interrupted else 1
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """The command that continues this sweep: its own arguments (as ``main(argv)`` was given them), plus
+    ``--resume``."""
+    argv = list(getattr(args, "argv", None) or [])
+    argv = argv[argv.index("run") + 1:] if "run" in argv else argv
+    return shlex.join(["sweep", "run", *[a for a in argv if a != "--resume"], "--resume"])
 
 
 def end_front(study_dir: Path) -> list[dict[str, Any]]:

@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sweep import hparams
 from sweep.data.holdout import DATA_ROOT_ENV, holdout_mask, resolve_data_root
 from sweep.data.idx import read_idx
-from sweep.data.tasks import SCENARIOS, Benchmark, Split, Task
+from sweep.data.tasks import Benchmark, Split, Task
 from sweep.errors import DataError, SweepError
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "read_idx", "resolve_data_root"]
@@ -262,6 +263,7 @@ def build_benchmark(
         SweepError: a bad name, scenario, num_tasks, class_order or val_fraction.
         DataError: data files missing (and not downloadable) or malformed.
     """
+    scenario = hparams.check("scenario", scenario)  # the config's own check
     if isinstance(name, str) and ":" in name:  # a user's module:function
         from sweep.data.user import build_user_benchmark
 
@@ -269,8 +271,6 @@ def build_benchmark(
                                     _check_val_fraction(val_fraction),
                                     _check_int("split_seed", split_seed, minimum=0, maximum=2**32 - 1))
     spec = _lookup(name)
-    if scenario not in SCENARIOS:
-        raise SweepError(f"unknown scenario {scenario!r} (allowed: {', '.join(SCENARIOS)})")
     val_fraction = _check_val_fraction(val_fraction)
     split_seed = _check_int("split_seed", split_seed, minimum=0, maximum=2**32 - 1)  # RandomState's range
     num_tasks = spec.default_num_tasks if num_tasks is None else _check_int("num_tasks", num_tasks)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from sweep.config import SCENARIOS
+from sweep.hparams import SCENARIOS
 
 __all__ = ["SCENARIOS", "Benchmark", "Split", "Task", "to_float"]
 

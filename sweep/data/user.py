@@ -13,7 +13,7 @@ from torch import Tensor
 
 from sweep.data.entry_points import call_function, first_line, load_function
 from sweep.data.holdout import holdout_mask, resolve_data_root
-from sweep.data.tasks import SCENARIOS, Benchmark, Split, Task
+from sweep.data.tasks import Benchmark, Split, Task
 from sweep.errors import SweepError
 
 TASK_KEYS = ("name", "train", "val", "test", "classes")
@@ -30,9 +30,8 @@ def build_user_benchmark(
     val_fraction: float,
     split_seed: int,
 ) -> Benchmark:
-    """Call the user's benchmark function and turn its tasks into a :class:`Benchmark`."""
-    if scenario not in SCENARIOS:
-        raise SweepError(f"unknown scenario {scenario!r} (allowed: {', '.join(SCENARIOS)})")
+    """Call the user's benchmark function and turn its tasks into a :class:`Benchmark` (``scenario``
+    already checked by ``build_benchmark``)."""
     if class_order is not None:
         raise SweepError(f"class_order does not apply to benchmark {spec!r}: its function decides the tasks")
     function = load_function(spec, "benchmark")

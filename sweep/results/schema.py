@@ -2,56 +2,36 @@
 
 The sweep writes these files and the analysis side reads only them. A file whose
 ``schema_version`` differs, or which lacks a required column, is refused with a
-:class:`~sweep.errors.ResultsError` rather than misread.
+:class:`~sweep.errors.ResultsError` rather than misread; a hyperparameter column it lacks (it
+was written before that hyperparameter existed) reads as null.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2  # 2: the config column
+from sweep import hparams
 
-# TrainConfig's fields, the keys the config column may hold (a test keeps the two equal): listed here
-# so that analysis reads a config without importing the trainer's side (and torch)
-CONFIG_FIELDS = (
-    "benchmark", "scenario", "num_tasks", "class_order", "data_root", "val_fraction", "model", "hidden",
-    "init_weights", "pretrained", "optimizer", "lr", "finetune_lr", "lr_decay", "early_stop_patience", "epochs",
-    "batch_size", "weight_decay", "seed", "strategy", "ewc_lambda", "fisher", "fisher_samples", "ewc_mode",
-    "ewc_gamma", "distill_temperature", "distill_alpha", "replay_size", "replay_ratio", "l2sp_lambda",
-    "frozen_layers",
-)
-MACHINE_FIELDS = ("seed", "data_root")  # TrainConfig fields the config column leaves out
+SCHEMA_VERSION = 2  # 2: the config column. Raised only for a change old readers cannot survive
+
+# TrainConfig's fields, the keys the config column may hold; from the hyperparameter table, so
+# that analysis reads a config without importing the trainer's side (and torch)
+CONFIG_FIELDS = hparams.FIELD_NAMES
+MACHINE_FIELDS = hparams.UNRECORDED  # TrainConfig fields the config column leaves out
 
 # a study folder: results/<study>/
 TRIALS_FILE = "trials.parquet"
 ACCURACY_FILE = "accuracy.parquet"
-STUDY_FILE = "study.json"  # the study's settings: base_config (every trial's fixed part), seeds, objective
+STUDY_FILE = "study.json"  # the study's settings: base_config (every trial's fixed part), seeds, objective, defaults
 
 SPLITS = ("val", "test")  # val is what the search optimises; test is reported, never searched on
 METRICS = ("stability", "plasticity", "acc", "bwt", "fwt", "forgetting", "retention")  # see sweep.metrics
 STATUSES = ("finished", "error", "diverged")
 ROLES = ("search", "naive", "joint")  # naive and joint are the references every study runs
 
-# every hyperparameter a trial can carry; each becomes the column f"hp_{name}"
-HYPERPARAMETERS = (
-    "lr",
-    "finetune_lr",
-    "lr_decay",
-    "early_stop_patience",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "weight_decay",
-    "ewc_lambda",
-    "fisher",
-    "fisher_samples",
-    "ewc_mode",
-    "ewc_gamma",
-    "distill_temperature",
-    "distill_alpha",
-    "replay_size",
-    "replay_ratio",
-    "l2sp_lambda",
-    "frozen_layers",
-)
+# every hyperparameter a trial can carry; each becomes the column f"hp_{name}". A file written before
+# one existed lacks its column, which reads as null: the default of its time (the study's study.json
+# records the table's defaults when it started), so adding one needs no new SCHEMA_VERSION
+HYPERPARAMETERS = hparams.HYPERPARAMETERS
+HP_COLUMNS = tuple(f"hp_{name}" for name in HYPERPARAMETERS)  # may be absent from a file: null
 
 
 def metric_column(split: str, metric: str, stat: str = "mean") -> str:
@@ -71,7 +51,7 @@ TRIALS_COLUMNS = (
     "scenario",
     "model",
     "num_tasks",
-    *(f"hp_{name}" for name in HYPERPARAMETERS),
+    *HP_COLUMNS,
     "n_seeds",
     "seeds",  # comma-separated, e.g. "0,1,2"
     # the trial's whole TrainConfig as JSON, seed and data_root left out (the seeds column has the

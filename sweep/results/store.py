@@ -12,7 +12,6 @@ import fcntl
 import math
 import os
 import socket
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,11 @@ import pyarrow.parquet as pq
 
 from sweep.atomic import atomic_write
 from sweep.errors import ResultsError, SweepError
+from sweep.hparams import BY_NAME
 from sweep.results.schema import (
     ACCURACY_COLUMNS,
     ACCURACY_FILE,
+    HP_COLUMNS,
     HYPERPARAMETERS,
     METRICS,
     SCHEMA_VERSION,
@@ -36,16 +37,8 @@ from sweep.results.schema import (
 
 LOCK_FILE = ".lock"
 
-_HP_TYPES = {
-    "lr": pa.float64(), "finetune_lr": pa.float64(), "epochs": pa.int64(), "batch_size": pa.int64(),
-    "optimizer": pa.string(),
-    "weight_decay": pa.float64(), "ewc_lambda": pa.float64(), "fisher": pa.string(),
-    "fisher_samples": pa.int64(), "ewc_mode": pa.string(), "ewc_gamma": pa.float64(),
-    "distill_temperature": pa.float64(), "distill_alpha": pa.float64(), "replay_size": pa.int64(),
-    "replay_ratio": pa.float64(), "l2sp_lambda": pa.float64(), "frozen_layers": pa.int64(),
-    "lr_decay": pa.float64(), "early_stop_patience": pa.int64(),
-}
-assert set(_HP_TYPES) == set(HYPERPARAMETERS)
+_ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string()}
+_HP_TYPES = {name: _ARROW_TYPES[BY_NAME[name].type] for name in HYPERPARAMETERS}  # every hyperparameter is a scalar
 
 _TRIALS_TYPES: dict[str, pa.DataType] = {
     "study": pa.string(), "trial_id": pa.string(), "status": pa.string(), "reason": pa.string(),
@@ -66,21 +59,9 @@ ACCURACY_SCHEMA = pa.schema([
 assert tuple(ACCURACY_SCHEMA.names) == ACCURACY_COLUMNS
 
 
-# test-only fault injection (tests/test_faults.py): seconds to sleep inside / right after a write
-PAUSE_IN_WRITE_ENV = "SWEEP_TEST_PAUSE_IN_WRITE"  # temporary file written, not yet renamed: a torn-write window
-PAUSE_AFTER_WRITE_ENV = "SWEEP_TEST_PAUSE_AFTER_WRITE"  # trial committed, Optuna not yet told: between trials
-
-
-def _test_pause(variable: str) -> None:
-    seconds = os.environ.get(variable)
-    if seconds:
-        time.sleep(float(seconds))
-
-
 def atomic_write_table(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` so that a reader sees the old file or the new one, never a torn one."""
-    atomic_write(path, lambda handle: pq.write_table(table, handle),
-                 before_replace=lambda: _test_pause(PAUSE_IN_WRITE_ENV))
+    atomic_write(path, lambda handle: pq.write_table(table, handle))
     _fsync_dir(path.parent)  # the rename itself survives a power cut, not only a killed process
 
 
@@ -167,7 +148,10 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
         if versions != {SCHEMA_VERSION}:  # before the columns: an older study is named as such
             raise ResultsError(f"{path} has schema_version {sorted(versions)}; this version reads {SCHEMA_VERSION}")
     missing = [name for name in schema.names if name not in table.column_names]
-    if missing:
+    if missing and set(missing) <= set(HP_COLUMNS):  # written before these hyperparameters existed: null,
+        for name in missing:  # the default of its time
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+    elif missing:
         raise ResultsError(f"{path} is from another schema: missing columns {', '.join(missing[:5])}"
                            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     try:
@@ -228,5 +212,4 @@ class StudyStore:
         atomic_write_table(pa.Table.from_pylist(new_accuracy, schema=ACCURACY_SCHEMA), self.accuracy_path)
         atomic_write_table(pa.Table.from_pylist(new_trials, schema=TRIALS_SCHEMA), self.trials_path)
         self.accuracy, self.trials = new_accuracy, new_trials
-        _test_pause(PAUSE_AFTER_WRITE_ENV)
         return True

@@ -1,14 +1,19 @@
 """The strategy contract: a few hooks with return values; the trainer owns the step.
 
 A strategy never calls ``optimizer.step()`` and never reaches into the trainer. It sees a
-:class:`TaskContext` and returns things: a batch to train on, a penalty to add to the loss,
-how many leading layers to freeze, the weight of the cross-entropy term.
+:class:`TaskContext` and returns things: a batch to train on, a penalty to add to the loss (which
+may see intermediate features), how many leading layers to freeze and which parameters train in
+each :class:`Phase` of a task, the weight of the cross-entropy term, a per-step learning-rate
+factor, the module that evaluates a task, an :class:`Auxiliary` model the trainer steps beside the
+classifier. Every hook is a no-op by default. What a strategy builds lives in its ``state_dict``
+(so the prefix cache holds it unchanged); its randomness comes from ``ctx.generator``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -16,6 +21,7 @@ from torch import Tensor, nn
 
 from sweep.config import TrainConfig
 from sweep.data.tasks import Benchmark, Split
+from sweep.hparams import strategy_fields
 
 
 @dataclass(frozen=True)
@@ -56,18 +62,46 @@ class TaskContext:
         return TrainingData(split, ids)
 
 
+# layer (a name or an index in ``named_layers(model)``) -> its output in this step's forward pass
+Features = Mapping[str | int, Tensor]
+NO_FEATURES: Features = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of a task's training (linear probing, then fine-tuning); each gets a fresh optimizer."""
+
+    name: str
+    epochs: int | None = None  # None: the task's configured epochs
+    # the parameters that train in this phase, among those the task trains; None: all of them
+    trainable: Callable[[nn.Module], Sequence[nn.Parameter]] | None = None
+
+
+WHOLE_TASK: tuple[Phase, ...] = (Phase("train"),)  # the default: one phase, the task's epochs, every parameter
+
+
+@dataclass(frozen=True)
+class Auxiliary:
+    """A model of the strategy's own (a replay generator) that the trainer steps after each classifier step,
+    on the same batch, with an optimizer of its own (fresh each task, like the classifier's)."""
+
+    model: nn.Module  # on ctx.device; its weights belong in the strategy's state_dict
+    loss: Callable[[TaskContext, Batch], Tensor]  # scalar, differentiable in ``model``'s parameters
+    optimizer: str = "adam"  # as TrainConfig.optimizer
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
 class Strategy:
     """Base strategy: every hook is a no-op, so this class is exactly naive fine-tuning."""
 
-    name: ClassVar[str] = "naive"
-    params: ClassVar[tuple[str, ...]] = ()  # TrainConfig fields this strategy reads (for search spaces)
-    # of those, the fields provably unused until task 2: trials differing only in them share task 1
-    prefix_free: ClassVar[tuple[str, ...]] = ()
+    name: ClassVar[str] = "naive"  # its key in the registry, and of its block in sweep.strategies.specs
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> Strategy:
-        """Build from the validated config, reading only the fields named in ``params``."""
-        return cls()
+        """Build from the validated config: the constructor gets exactly the fields of this strategy's
+        block in :mod:`sweep.strategies.specs`, by name."""
+        return cls(**{name: getattr(config, name) for name in strategy_fields(cls.name)})
 
     def before_task(self, ctx: TaskContext) -> None:
         """Called before training on ``ctx.task_index``."""
@@ -84,13 +118,45 @@ class Strategy:
         """How many leading parametrised layers stay frozen while training this task."""
         return 0
 
+    def trainable_parameters(self, ctx: TaskContext, params: list[nn.Parameter]) -> list[nn.Parameter]:
+        """The parameters that train this task, given ``params`` (those outside frozen layers): a subset
+        (probing), or others the model's forward uses (adapters). Any other model parameter stays fixed."""
+        return params
+
+    def phases(self, task_index: int) -> Sequence[Phase]:
+        """The task's phases, in order; the default is one phase over the whole task."""
+        return WHOLE_TASK
+
+    def lr_factor(self, task_index: int, step: int, steps_in_task: int) -> float:
+        """Multiplier of every parameter group's learning rate for the task's ``step`` (0-based, counted
+        over its phases) of ``steps_in_task`` planned (warmup)."""
+        return 1.0
+
+    def feature_layers(self, task_index: int) -> tuple[str | int, ...]:
+        """Layers of ``named_layers(model)`` (by name or index) whose outputs :meth:`penalty` receives."""
+        return ()
+
     def ce_weight(self, task_index: int) -> float:
         """Weight of the cross-entropy term (distillation trades it against its own term)."""
         return 1.0
 
-    def penalty(self, ctx: TaskContext, batch: Batch, raw_logits: Tensor) -> Tensor | None:
-        """A term added to the loss; ``raw_logits`` are the model's unmasked (B, classes) outputs."""
+    def penalty(
+        self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
+    ) -> Tensor | None:
+        """A term added to the loss; ``raw_logits`` are the model's unmasked (B, classes) outputs and
+        ``features`` the outputs of the :meth:`feature_layers` in the same forward pass."""
         return None
+
+    def after_step(self, ctx: TaskContext, batch: Batch) -> None:
+        """Called after every optimizer step, the step's gradients still in ``.grad`` (SI's path integral)."""
+
+    def auxiliary(self, ctx: TaskContext) -> Auxiliary | None:
+        """A model the trainer steps beside the classifier during this task (a generator), or None."""
+        return None
+
+    def eval_model(self, ctx: TaskContext, task_index: int) -> nn.Module:
+        """The module that evaluates task ``task_index`` (per-task adapters); the model itself by default."""
+        return ctx.model
 
     def after_task(self, ctx: TaskContext) -> None:
         """Called after training on ``ctx.task_index`` (Fisher, teacher, buffer)."""

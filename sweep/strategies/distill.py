@@ -16,25 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sweep.config import TrainConfig
-from sweep.strategies.base import Batch, Strategy, TaskContext
+from sweep.hparams import DEFAULTS
+from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext
 
 
 class Distill(Strategy):
     name = "distill"
-    params = ("distill_temperature", "distill_alpha")
-    prefix_free = ("distill_temperature", "distill_alpha")  # read only once a teacher exists (task 2 on)
 
-    def __init__(self, distill_temperature: float = 2.0, distill_alpha: float = 0.5) -> None:
+    def __init__(self, distill_temperature: float = DEFAULTS["distill_temperature"],
+                 distill_alpha: float = DEFAULTS["distill_alpha"]) -> None:
         self.temperature = distill_temperature
         self.alpha = distill_alpha
         self.teacher: nn.Module | None = None
         self.known: Tensor | None = None  # (K,) class ids the teacher was trained on
         self._pending: dict[str, Tensor] | None = None  # teacher weights loaded before a model exists
-
-    @classmethod
-    def from_config(cls, config: TrainConfig) -> Distill:
-        return cls(config.distill_temperature, config.distill_alpha)
 
     def after_task(self, ctx: TaskContext) -> None:
         self.teacher = _frozen_copy(ctx.model)  # also at α = 1: the state after a task never depends on α
@@ -47,7 +42,9 @@ class Distill(Strategy):
     def ce_weight(self, task_index: int) -> float:
         return self.alpha if task_index >= 1 and self.alpha != 1.0 else 1.0
 
-    def penalty(self, ctx: TaskContext, batch: Batch, raw_logits: Tensor) -> Tensor | None:
+    def penalty(
+        self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
+    ) -> Tensor | None:
         teacher = self._teacher(ctx.model)
         if self.alpha == 1.0 or teacher is None or self.known is None:
             return None

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sweep.config import TrainConfig
-from sweep.strategies.base import Batch, Strategy, TaskContext
+from sweep.hparams import DEFAULTS
+from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext
 from sweep.strategies.fisher import task_fisher
 
 
@@ -54,12 +54,11 @@ class _Quadratic(torch.autograd.Function):
 
 class EWC(Strategy):
     name = "ewc"
-    params = ("ewc_lambda", "fisher", "fisher_samples", "ewc_mode", "ewc_gamma")
-    prefix_free = ("ewc_lambda",)  # scales the penalty only; the Fisher after task 1 does not depend on it
 
     def __init__(
-        self, ewc_lambda: float = 100.0, fisher: str = "exact", fisher_samples: int | None = None,
-        ewc_mode: str = "separate", ewc_gamma: float = 1.0,
+        self, ewc_lambda: float = DEFAULTS["ewc_lambda"], fisher: str = DEFAULTS["fisher"],
+        fisher_samples: int | None = DEFAULTS["fisher_samples"], ewc_mode: str = DEFAULTS["ewc_mode"],
+        ewc_gamma: float = DEFAULTS["ewc_gamma"],
     ) -> None:
         self.ewc_lambda = ewc_lambda
         self.fisher = fisher
@@ -70,10 +69,6 @@ class EWC(Strategy):
         self.anchor: dict[str, Tensor] = {}  # m: the precision-weighted mean of the θ*_k
         self.offset = 0.0  # Σ_k F_k (θ*_k − m)²: the θ-independent part, so the penalty's value is exact
         self.tasks = 0  # tasks consolidated so far
-
-    @classmethod
-    def from_config(cls, config: TrainConfig) -> EWC:
-        return cls(config.ewc_lambda, config.fisher, config.fisher_samples, config.ewc_mode, config.ewc_gamma)
 
     def after_task(self, ctx: TaskContext) -> None:
         if ctx.task_index == ctx.benchmark.num_tasks - 1:
@@ -101,7 +96,9 @@ class EWC(Strategy):
             self.offset += offset
         self.tasks += 1
 
-    def penalty(self, ctx: TaskContext, batch: Batch, raw_logits: Tensor) -> Tensor | None:
+    def penalty(
+        self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
+    ) -> Tensor | None:
         return self.model_penalty(ctx.model)
 
     def model_penalty(self, model: nn.Module) -> Tensor | None:

@@ -7,21 +7,15 @@ k = 0 is naive.
 
 from __future__ import annotations
 
-from sweep.config import TrainConfig
+from sweep.hparams import DEFAULTS
 from sweep.strategies.base import Strategy
 
 
 class Freeze(Strategy):
     name = "freeze"
-    params = ("frozen_layers",)
-    prefix_free = ("frozen_layers",)  # nothing is frozen on task 1
 
-    def __init__(self, frozen_layers: int = 0) -> None:
+    def __init__(self, frozen_layers: int = DEFAULTS["frozen_layers"]) -> None:
         self.layers = frozen_layers  # k; bounded by the model's layer count in build_strategy
-
-    @classmethod
-    def from_config(cls, config: TrainConfig) -> Freeze:
-        return cls(config.frozen_layers)
 
     def frozen_layers(self, task_index: int) -> int:
         return self.layers if task_index >= 1 else 0  # task 1 trains every layer

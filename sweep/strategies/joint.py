@@ -13,7 +13,6 @@ from sweep.strategies.base import Strategy, TaskContext, TrainingData
 
 class Joint(Strategy):
     name = "joint"
-    params = ()
 
     def training_data(self, ctx: TaskContext) -> TrainingData | None:
         if ctx.task_index == 0:

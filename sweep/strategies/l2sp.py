@@ -8,28 +8,24 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sweep.config import TrainConfig
-from sweep.strategies.base import Batch, Strategy, TaskContext
+from sweep.hparams import DEFAULTS
+from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext
 from sweep.strategies.ewc import quadratic_penalty
 
 
 class L2SP(Strategy):
     name = "l2sp"
-    params = ("l2sp_lambda",)
-    prefix_free = ("l2sp_lambda",)  # scales the penalty only, which starts on task 2
 
-    def __init__(self, l2sp_lambda: float = 1.0) -> None:
+    def __init__(self, l2sp_lambda: float = DEFAULTS["l2sp_lambda"]) -> None:
         self.l2sp_lambda = l2sp_lambda
         self.anchor: dict[str, Tensor] = {}  # θ*, name -> tensor
-
-    @classmethod
-    def from_config(cls, config: TrainConfig) -> L2SP:
-        return cls(config.l2sp_lambda)
 
     def after_task(self, ctx: TaskContext) -> None:
         self.anchor = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
 
-    def penalty(self, ctx: TaskContext, batch: Batch, raw_logits: Tensor) -> Tensor | None:
+    def penalty(
+        self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
+    ) -> Tensor | None:
         return self.model_penalty(ctx.model)
 
     def model_penalty(self, model: nn.Module) -> Tensor | None:

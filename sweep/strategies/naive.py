@@ -7,4 +7,3 @@ from sweep.strategies.base import Strategy
 
 class Naive(Strategy):
     name = "naive"
-    params = ()

@@ -6,11 +6,25 @@ trainer does not change when a strategy is added.
 
 from __future__ import annotations
 
-from torch import Tensor
+from collections.abc import Sequence
+from typing import TypeVar
+
+from torch import Tensor, nn
 
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError
-from sweep.strategies.base import Batch, Strategy, TaskContext, TrainingData
+from sweep.hparams import strategy_fields
+from sweep.strategies.base import (
+    NO_FEATURES,
+    WHOLE_TASK,
+    Auxiliary,
+    Batch,
+    Features,
+    Phase,
+    Strategy,
+    TaskContext,
+    TrainingData,
+)
 from sweep.strategies.distill import Distill
 from sweep.strategies.ewc import EWC
 from sweep.strategies.freeze import Freeze
@@ -33,9 +47,13 @@ STRATEGIES: dict[str, type[Strategy]] = {
 # references: they stand alone, as the floor and the ceiling every study is compared with
 STANDALONE = ("naive", "joint")
 
+_T = TypeVar("_T")
+
 
 class Composite(Strategy):
-    """Several strategies at once: hooks run in order, penalties add, freezing takes the max."""
+    """Several strategies at once: hooks run in order, penalties add, freezing takes the max, learning-rate
+    factors multiply, trainable parameters pass through each part in turn, feature layers are the union.
+    Phases, the evaluation model and the auxiliary model each come from at most one part."""
 
     name = "composite"
 
@@ -62,19 +80,57 @@ class Composite(Strategy):
     def frozen_layers(self, task_index: int) -> int:
         return max(p.frozen_layers(task_index) for p in self.parts)
 
+    def trainable_parameters(self, ctx: TaskContext, params: list[nn.Parameter]) -> list[nn.Parameter]:
+        for part in self.parts:
+            params = part.trainable_parameters(ctx, params)
+        return params
+
+    def phases(self, task_index: int) -> Sequence[Phase]:
+        defined = [(p.name, phases) for p in self.parts if (phases := tuple(p.phases(task_index))) != WHOLE_TASK]
+        return self._at_most_one("phases", defined, WHOLE_TASK)
+
+    def lr_factor(self, task_index: int, step: int, steps_in_task: int) -> float:
+        factor = 1.0
+        for part in self.parts:
+            factor *= part.lr_factor(task_index, step, steps_in_task)
+        return factor
+
+    def feature_layers(self, task_index: int) -> tuple[str | int, ...]:
+        return tuple(dict.fromkeys(layer for part in self.parts for layer in part.feature_layers(task_index)))
+
     def ce_weight(self, task_index: int) -> float:
         weight = 1.0
         for part in self.parts:
             weight *= part.ce_weight(task_index)
         return weight
 
-    def penalty(self, ctx: TaskContext, batch: Batch, raw_logits: Tensor) -> Tensor | None:
+    def penalty(
+        self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
+    ) -> Tensor | None:
         total = None
         for part in self.parts:
-            term = part.penalty(ctx, batch, raw_logits)
+            term = part.penalty(ctx, batch, raw_logits, features)
             if term is not None:
                 total = term if total is None else total + term
         return total
+
+    def after_step(self, ctx: TaskContext, batch: Batch) -> None:
+        for part in self.parts:
+            part.after_step(ctx, batch)
+
+    def auxiliary(self, ctx: TaskContext) -> Auxiliary | None:
+        defined = [(p.name, aux) for p in self.parts if (aux := p.auxiliary(ctx)) is not None]
+        return self._at_most_one("an auxiliary model", defined, None)
+
+    def eval_model(self, ctx: TaskContext, task_index: int) -> nn.Module:
+        defined = [(p.name, m) for p in self.parts if (m := p.eval_model(ctx, task_index)) is not ctx.model]
+        return self._at_most_one("the evaluation model", defined, ctx.model)
+
+    def _at_most_one(self, what: str, defined: list[tuple[str, _T]], default: _T) -> _T:
+        if len(defined) > 1:
+            names = " and ".join(name for name, _ in defined)
+            raise ConfigError(f"strategy {self.name!r}: {names} each define {what}; at most one component may")
+        return defined[0][1] if defined else default
 
     def after_task(self, ctx: TaskContext) -> None:
         for part in self.parts:
@@ -111,8 +167,9 @@ def parse_strategy(spec: str) -> tuple[str, ...]:
 
 
 def strategy_params(spec: str) -> tuple[str, ...]:
-    """TrainConfig fields a (composite) strategy reads; the trainer's own knobs are not listed."""
-    return tuple(p for name in parse_strategy(spec) for p in STRATEGIES[name].params)
+    """TrainConfig fields a (composite) strategy reads (its components' blocks in sweep.strategies.specs);
+    the trainer's own knobs are not listed."""
+    return tuple(p for name in parse_strategy(spec) for p in strategy_fields(name))
 
 
 def strategy_components(config: TrainConfig) -> tuple[str, ...]:
@@ -125,12 +182,16 @@ def strategy_components(config: TrainConfig) -> tuple[str, ...]:
     return names
 
 
+def check_frozen_layers(frozen_layers: int, num_layers: int, where: str = "frozen_layers") -> None:
+    """Refuse freezing every layer of a ``num_layers``-layer model (nothing would learn from task 2 on);
+    ``where`` names the value: the config field, or a search space's key."""
+    if frozen_layers >= num_layers:
+        raise ConfigError(f"{where}={frozen_layers} would freeze every layer of a {num_layers}-layer model; "
+                          f"allowed: 0 to {num_layers - 1}")
+
+
 def build_strategy(config: TrainConfig, num_layers: int) -> Strategy:
     """The strategy for ``config``; ``num_layers`` bounds ``frozen_layers``."""
-    if config.frozen_layers >= num_layers:
-        raise ConfigError(
-            f"frozen_layers={config.frozen_layers} would freeze every layer of a {num_layers}-layer model; "
-            f"allowed: 0 to {num_layers - 1}"
-        )
+    check_frozen_layers(config.frozen_layers, num_layers)
     parts = [STRATEGIES[name].from_config(config) for name in strategy_components(config)]
     return parts[0] if len(parts) == 1 else Composite(parts)

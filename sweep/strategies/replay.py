@@ -25,26 +25,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sweep.config import TrainConfig
 from sweep.data.tasks import to_float
+from sweep.hparams import DEFAULTS
 from sweep.strategies.base import Batch, Strategy, TaskContext
 
 
 class Replay(Strategy):
     name = "replay"
-    params = ("replay_size", "replay_ratio")
-    prefix_free = ("replay_ratio",)  # mixing starts once the buffer has samples (task 2 on)
 
-    def __init__(self, replay_size: int = 500, replay_ratio: float = 0.5) -> None:
+    def __init__(self, replay_size: int = DEFAULTS["replay_size"],
+                 replay_ratio: float = DEFAULTS["replay_ratio"]) -> None:
         self.replay_size = replay_size
         self.replay_ratio = replay_ratio
         self.task_index = torch.empty(0, dtype=torch.long)  # (M,) task of each buffered sample
         self.sample_index = torch.empty(0, dtype=torch.long)  # (M,) index into that task's train split
         self._tasks: list[int] = []  # distinct buffered tasks, kept on the host (no sync per batch)
-
-    @classmethod
-    def from_config(cls, config: TrainConfig) -> Replay:
-        return cls(config.replay_size, config.replay_ratio)
 
     def after_task(self, ctx: TaskContext) -> None:
         if self.replay_size == 0:

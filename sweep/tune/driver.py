@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import math
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweep.config import TrainConfig
 from sweep.errors import ConfigError, SweepError
+from sweep.hparams import DEFAULTS
 from sweep.results.schema import STUDY_FILE
 from sweep.results.store import StudyStore, acquire_study_lock, locked_message, release_study_lock, study_lock_holder
+from sweep.strategies.registry import check_frozen_layers
 from sweep.tune.options import SweepOptions, base_config, validate_options
 from sweep.tune.prefix_cache import WEIGHT_FILES, file_digest
 from sweep.tune.ray_session import check_resources, init_ray
@@ -53,20 +52,23 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     # returns as if done, and the next phase (the search after the references) would start
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     validate_options(o)
-    space = load_space(o.space_file or space_path(o.strategy))
+    space = load_space(Path(o.space_file).expanduser() if o.space_file else space_path(o.strategy))
     if space.strategy != o.strategy:
         raise ConfigError(f"{space.path} searches strategy {space.strategy!r}, not {o.strategy!r}")
     base = base_config(o, space)
     # a module:function benchmark would put ':' and '.' into a folder name
     study = o.study or re.sub(r"[^A-Za-z0-9_+-]+", "_", f"{o.strategy}-{o.benchmark}-{o.scenario}")
-    results_dir = Path(o.results_dir).resolve()
+    results_dir = Path(o.results_dir).expanduser().resolve()
     study_dir = results_dir / study
     meta = {"study": study, "strategy": o.strategy, "space": space.path,
             "space_sha256": hashlib.sha256(Path(space.path).read_bytes()).hexdigest(),
             "base_config": base, "seeds": list(range(o.seeds)), "objective": o.objective,
             "min_plasticity": o.min_plasticity, "sampler": o.sampler,
             # the checkpoints' contents, not only their paths: a file replaced since is refused on --resume
-            "weights_sha256": {key: file_digest(base[key]) for key in WEIGHT_FILES if base.get(key)}}
+            "weights_sha256": {key: file_digest(base[key]) for key in WEIGHT_FILES if base.get(key)},
+            # the table's defaults when the study started: what a field the base config and a trial's
+            # columns leave out meant then (a hp_ column added later reads as null in this study's files)
+            "defaults": DEFAULTS}
     holder = study_lock_holder(study_dir)
     if holder is not None:
         raise SweepError(locked_message(study_dir, holder))
@@ -83,9 +85,9 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     # the data is read once, on the driver: a missing file fails here, before Ray starts
     from sweep.data.benchmarks import build_benchmark
     from sweep.models import build_model, load_weights
-    from sweep.tune.trial import benchmark_to_arrays
+    from sweep.tune.trial import benchmark_to_arrays, trial_config
 
-    config0 = TrainConfig.from_mapping(base, source=space.path)
+    config0 = trial_config(base, {})
     benchmark = build_benchmark(config0.benchmark, config0.scenario, config0.num_tasks, config0.class_order,
                                 config0.data_root, config0.val_fraction)
     model0 = build_model(config0.model, benchmark.input_shape, benchmark.num_classes, config0.hidden)
@@ -93,15 +95,14 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     for key in ("pretrained", "init_weights"):  # a checkpoint that does not fit fails here, before Ray starts
         if getattr(config0, key) is not None:
             load_weights(model0, getattr(config0, key), strict=key == "pretrained", what=key)
-    frozen = {"fixed.frozen_layers": base.get("frozen_layers", 0)}
+    frozen = {"--frozen-layers" if "frozen_layers" in o.extra else "fixed.frozen_layers": base.get("frozen_layers", 0)}
     for p in space.params:
         if p.name == "frozen_layers":
             frozen.update({"params.frozen_layers.high": p.high} if p.high is not None else
                           {"params.frozen_layers.choices": max(p.choices)})
     for where, value in frozen.items():
-        if value is not None and int(value) >= n_layers:
-            raise ConfigError(f"{space.path}: {where}={value} would freeze all {n_layers} layers "
-                              f"of {config0.model}; allowed up to {n_layers - 1}")
+        if value is not None:
+            check_frozen_layers(int(value), n_layers, f"{space.path}: {where}")
 
     created = False  # True while the folder is ours and not yet a study: removed again on failure
     started_ray = False
@@ -139,37 +140,6 @@ def count_trials(study_dir: Path, target: int) -> SweepSummary:
     return SweepSummary(study_dir, counts, target)
 
 
-# test-only fault injection (tests/test_faults.py), read on the driver and passed to trials in ``setup``
-PID_DIR_ENV = "SWEEP_TEST_PID_DIR"  # every trial start writes <pid>-<ns> there, holding its trial id
-RAISE_AT_LR_ENV = "SWEEP_TEST_RAISE_AT_LR"  # a search trial with this lr raises RuntimeError
-
-
-def _test_faults() -> dict[str, Any]:
-    faults: dict[str, Any] = {}
-    if os.environ.get(PID_DIR_ENV):
-        faults["pid_dir"] = os.environ[PID_DIR_ENV]
-    if os.environ.get(RAISE_AT_LR_ENV):
-        faults["raise_at_lr"] = float(os.environ[RAISE_AT_LR_ENV])
-    return faults
-
-
-
-def _faulty_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None,
-                      setup: dict[str, Any] | None = None) -> None:
-    """``tune_trainable`` behind the faults of ``setup["test_faults"]``."""
-    from sweep.tune.trainable import tune_trainable
-
-    faults = (setup or {}).get("test_faults", {})
-    if faults.get("pid_dir"):  # one file per trial start (a retry is a new one), named by the process
-        from ray import tune
-
-        Path(faults["pid_dir"], f"{os.getpid()}-{time.time_ns()}").write_text(tune.get_context().get_trial_id())
-    lr = params.get("lr")
-    if "raise_at_lr" in faults and isinstance(lr, float) and math.isclose(lr, faults["raise_at_lr"]):
-        raise RuntimeError(f"injected fault: trial with lr={lr:g} raised")
-    tune_trainable(params, payload=payload, setup=setup)
-
-
 def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, study_dir: Path,
          payload: dict[str, Any], num_tasks: int) -> SweepSummary:
     import ray
@@ -184,9 +154,6 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
                              "prefix_dir": str(study_dir / "cache") if o.prefix_cache else None,
                              # folders of module:function entry points, for the trials' imports
                              "import_paths": import_paths(base.get("model", ""), base.get("benchmark", ""))}
-    faults = _test_faults()
-    if faults:
-        setup["test_faults"] = faults
     versions = package_versions()
     payload_ref = ray.put(payload)  # once into the object store; every trial reads the same copy
     resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
@@ -196,8 +163,8 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     def tuner_for(name: str, setup_: dict[str, Any], **tune_kwargs: Any) -> Any:
         from sweep.tune.trainable import tune_trainable
 
-        function = _faulty_trainable if faults else tune_trainable
-        trainable = tune.with_resources(tune.with_parameters(function, payload=payload_ref, setup=setup_), resources)
+        trainable = tune.with_resources(tune.with_parameters(tune_trainable, payload=payload_ref, setup=setup_),
+                                        resources)
         run_config = tune.RunConfig(
             name=f"{name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S-%f')}",
             storage_path=str(study_dir / "ray"), callbacks=[sink.callback], verbose=0,

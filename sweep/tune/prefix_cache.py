@@ -2,10 +2,11 @@
 share one computation of it (the task-1 model, its evaluations, the strategy's state such as
 the Fisher, and the random generator's state).
 
-The key is a hash of every config field *except* those a strategy provably reads only from
-task 2 on (EWC's λ, distillation's T and α, replay's ratio, L2-SP's λ, the frozen-layer count,
-the fine-tuning learning rate), plus the benchmark's identity and the code and torch versions.
-Anything not listed as irrelevant is in the key. Entries hold tensors and numbers only (replay
+The key is a hash of every config field *except* those the hyperparameter table marks as acting
+from task 2 on (``first_task == 2`` in :mod:`sweep.hparams`: EWC's λ, distillation's T and α,
+replay's ratio, L2-SP's λ, the frozen-layer count, the fine-tuning learning rate, ...) for this
+strategy, plus the benchmark's identity and the code and torch versions. Anything the table does
+not mark is in the key. Entries hold tensors and numbers only (replay
 keeps sample *indices*, never samples), are written atomically, and are read with
 ``torch.load(weights_only=True)``. Concurrent trials racing for one entry both compute it and
 the last rename wins; the two are identical.
@@ -24,20 +25,16 @@ import torch
 from sweep.atomic import atomic_write
 from sweep.config import TrainConfig
 from sweep.data.tasks import Benchmark
+from sweep.hparams import prefix_free
 
-# TrainConfig fields the trainer itself reads only from task 2 on
-TRAINER_PREFIX_FREE = ("finetune_lr", "frozen_layers", "lr_decay", "early_stop_patience")
 WEIGHT_FILES = ("init_weights", "pretrained")  # config fields naming files: their contents are in the key too
 
 
 def prefix_free_fields(strategy_spec: str) -> set[str]:
     """Fields that cannot change the state after task 1, for this (composite) strategy."""
-    from sweep.strategies.registry import STRATEGIES, parse_strategy
+    from sweep.strategies.registry import parse_strategy
 
-    free = set(TRAINER_PREFIX_FREE)
-    for name in parse_strategy(strategy_spec):
-        free |= set(getattr(STRATEGIES[name], "prefix_free", ()))
-    return free
+    return prefix_free(parse_strategy(strategy_spec))
 
 
 # bumped whenever the trainer's arithmetic changes, so a study's old entries are not reused by code

@@ -4,16 +4,17 @@ File layout::
 
     strategy: ewc                  # the strategy this space searches ("ewc+replay" for a combination)
     description: one line for people
-    fixed:                         # TrainConfig fields every trial shares
-      epochs: 1
+    fixed:                         # TrainConfig fields every trial shares: hyperparameters of the
+      epochs: 1                    #   strategy, and settings such as hidden: [400, 400]
     params:                        # searched hyperparameters, each with its Optuna distribution
       ewc_lambda: {type: float, low: 1.0, high: 1.0e+10, log: true}
       fisher: {type: categorical, choices: [exact, empirical]}
       frozen_layers: {type: int, low: 0, high: 1}
 
-Checked at load, each error one line naming the file and the key: unknown keys, wrong types
-(PyYAML reads ``1e-4`` as a string), ``low >= high``, ``log`` with ``low <= 0``, and parameters
-the strategy does not read.
+Checked at load against the hyperparameter table (:mod:`sweep.hparams`), each error one line
+naming the file and the key: unknown keys, wrong types (PyYAML reads ``1e-4`` as a string),
+``low >= high``, ``log`` with ``low <= 0``, ends or choices outside a field's range, parameters the
+strategy does not read, a searched setting, and settings given per sweep on the command line.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweep.config import GENERAL_PARAMS, TrainConfig, read_yaml
+from sweep.config import TrainConfig, read_yaml
 from sweep.errors import ConfigError
+from sweep.hparams import BY_NAME, GENERAL_PARAMS, SETTING, SPACE_SETTINGS, SWEEP_LEVEL
 from sweep.strategies.registry import parse_strategy, strategy_params
 
-# set per sweep on the command line, never searched or fixed in a space file
-SWEEP_LEVEL = ("benchmark", "scenario", "num_tasks", "class_order", "data_root", "seed", "strategy", "pretrained",
-               "init_weights")
+__all__ = ["GENERAL_PARAMS", "SWEEP_LEVEL"]  # from the table; importable from here as before
 TOP_KEYS = ("strategy", "description", "fixed", "params")
 DIST_KEYS = {"float": ("type", "low", "high", "log"), "int": ("type", "low", "high", "log", "step"),
              "categorical": ("type", "choices")}
@@ -104,7 +104,7 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     if not isinstance(fixed, dict):
         raise ConfigError(f"{where}: fixed must be a mapping of config keys, got {type(fixed).__name__}")
     for key in fixed:
-        _check_param_name(where, "fixed", key, strategy, allowed)
+        _check_param_name(where, "fixed", key, strategy, (*allowed, *SPACE_SETTINGS))
     TrainConfig.from_mapping({"strategy": strategy, **fixed}, source=f"{where}: fixed")
     raw_params = data.get("params") or {}
     if not isinstance(raw_params, dict):
@@ -122,8 +122,11 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
 def _check_param_name(where: str, section: str, name: Any, strategy: str, allowed: tuple[str, ...]) -> None:
     if name in SWEEP_LEVEL:
         raise ConfigError(f"{where}: {section}.{name} is set per sweep on the command line, not in a space file")
-    if name not in TrainConfig.field_names():
+    if name not in BY_NAME:
         raise ConfigError(f"{where}: {section}.{name} is not a config key; allowed: {', '.join(allowed)}")
+    if section == "params" and BY_NAME[name].kind == SETTING:
+        raise ConfigError(f"{where}: params.{name} is a setting, not a hyperparameter: fix it (fixed: or "
+                          f"{BY_NAME[name].flag}), it is not searched")
     if name not in allowed:
         raise ConfigError(
             f"{where}: {section}.{name} is not a parameter of strategy {strategy!r}; allowed: {', '.join(allowed)}"
@@ -159,7 +162,7 @@ def _parse_param(where: str, name: Any, spec: Any, strategy: str, allowed: tuple
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: {key}.choices must be a non-empty list")
         for choice in choices:  # every choice must be a valid config value
-            TrainConfig.from_mapping({"strategy": strategy, name: choice}, source=f"{where}: {key}.choices")
+            _check_value(f"{where}: {key}.choices", name, choice)
         return Param(name, kind, choices=tuple(choices))
     for sub in ("low", "high"):
         if sub not in spec:
@@ -180,5 +183,12 @@ def _parse_param(where: str, name: Any, spec: Any, strategy: str, allowed: tuple
     if log and step != 1:  # Optuna's IntDistribution refuses it, but only once the sweep has started
         raise ConfigError(f"{where}: {key}: a log scale takes no step (got step {step})")
     for bound in (low, high):  # both ends must be valid config values (e.g. alpha within [0, 1])
-        TrainConfig.from_mapping({"strategy": strategy, name: bound}, source=f"{where}: {key}")
+        _check_value(f"{where}: {key}", name, bound)
     return Param(name, kind, low, high, log, step)
+
+
+def _check_value(source: str, name: str, value: Any) -> None:
+    try:
+        BY_NAME[name].check(value)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None

@@ -9,10 +9,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from sweep.config import GENERAL_PARAMS, TrainConfig
+from sweep.hparams import GENERAL_PARAMS
 from sweep.results.schema import HYPERPARAMETERS, MACHINE_FIELDS, METRICS, SPLITS, metric_column
 from sweep.results.store import StudyStore
 from sweep.strategies.registry import strategy_params
+from sweep.tune.trial import trial_config
 
 
 def _code_version() -> str:
@@ -58,10 +59,7 @@ class ResultSink:
 
     def _row(self, trial_id: str, params: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
         role = params.get("role", "search")
-        values = {**self.setup["base_config"], **{k: v for k, v in params.items() if k != "role"}}
-        if role != "search":
-            values["strategy"], values["frozen_layers"] = role, 0
-        config = TrainConfig.from_mapping(values, source="trial config")
+        config = trial_config(self.setup["base_config"], params)
         relevant = set(GENERAL_PARAMS) | set(strategy_params(config.strategy))
         seeds = self.setup["seeds"]
         row = {

@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 
-from sweep.config import TrainConfig
-from sweep.tune.trial import benchmark_from_arrays, run_trial
+from sweep.tune.trial import benchmark_from_arrays, run_trial, trial_config
 
 
 def trial_device() -> torch.device:
@@ -34,12 +33,7 @@ def tune_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None
         from sweep.data.entry_points import add_import_paths
 
         add_import_paths(setup["import_paths"])
-    values = {**setup["base_config"], **{k: v for k, v in params.items() if k != "role"}}
-    role = params.get("role", "search")
-    if role in ("naive", "joint"):
-        values["strategy"] = role
-        values["frozen_layers"] = 0
-    config = TrainConfig.from_mapping(values, source="trial config")
+    config = trial_config(setup["base_config"], params)
     benchmark = benchmark_from_arrays(payload)
     node = ray.get_runtime_context().get_node_id()
 

@@ -24,6 +24,16 @@ from sweep.train.trainer import TaskReport, build_run, iter_sequence
 from sweep.tune.prefix_cache import PrefixCache, prefix_key
 
 OBJECTIVES = ("stability", "plasticity")  # both maximised; validation means over seeds
+REFERENCES = ("naive", "joint")  # roles of the trials every study runs beside its search
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
+    """One trial's config: the study's fixed part, then the searched values; a reference role
+    (``params["role"]``: naive or joint) runs that strategy instead, nothing frozen."""
+    values = {**base, **{k: v for k, v in params.items() if k != "role"}}
+    if params.get("role", "search") in REFERENCES:
+        values["strategy"], values["frozen_layers"] = params["role"], 0
+    return TrainConfig.from_mapping(values, source="trial config")
 
 
 # --- the benchmark travels through Ray's object store as numpy arrays (zero-copy, read-only)
