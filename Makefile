@@ -42,12 +42,14 @@ sweep:  ## search STRATEGY's space, then write the study's report with its Paret
 report:
 	$(PYTHON) -m sweep.cli report $(RESULTS)/$(STUDY)
 
-test:  ## the README's test command: lint, then the whole suite
+test:  ## the README's test command: lint, type-check sweep/ ([tool.mypy] in pyproject.toml), then the whole suite
 	$(PYTHON) -m ruff check sweep tests bench examples
+	$(PYTHON) -m mypy
 	$(PYTHON) -m pytest -q
 
 lint:
 	$(PYTHON) -m ruff check sweep tests bench examples
+	$(PYTHON) -m mypy
 
 bench:  ## speed and memory as ratios measured in one run; writes bench/out/results.json
 	$(PYTHON) -m bench $(BENCH_FLAGS)

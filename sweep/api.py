@@ -49,9 +49,7 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _class_mask(model_out: int, classes: Sequence[int] | None, device: torch.device) -> Tensor | None:
-    if classes is None:
-        return None
+def _class_mask(model_out: int, classes: Sequence[int], device: torch.device) -> Tensor:
     mask = torch.zeros(model_out, dtype=torch.bool, device=device)
     mask[list(classes)] = True
     return mask
@@ -91,7 +89,7 @@ def compute_fisher(
         def logits(inputs: Tensor, _ids: Tensor | None) -> Tensor:
             out = model(inputs)  # (B, classes)
             if not allowed:
-                allowed.append(_class_mask(out.shape[1], classes, out.device))  # type: ignore[arg-type]
+                allowed.append(_class_mask(out.shape[1], classes, out.device))
             return out.masked_fill(~allowed[0], torch.finfo(out.dtype).min)
 
     return fisher_diagonal(model, x, y, estimator=estimator, logits=logits, samples=samples, batch_size=batch_size,

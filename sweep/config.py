@@ -13,7 +13,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import yaml
 
@@ -36,6 +36,44 @@ from sweep.hparams import (  # noqa: F401 - the choice lists, importable from he
 class _TrainConfigMethods:
     """What ``TrainConfig`` does besides holding its fields (they are the table's rows)."""
 
+    if TYPE_CHECKING:
+        # what a type checker cannot see in make_dataclass below: the fields, one per row of ROWS, in order
+        # (test_hparams checks these lines against the table), and keyword construction, checked at run time
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+        benchmark: str
+        scenario: str
+        num_tasks: int | None
+        class_order: tuple[int, ...] | None
+        data_root: str | None
+        val_fraction: float
+        model: str
+        hidden: tuple[int, ...]
+        init_weights: str | None
+        pretrained: str | None
+        optimizer: str
+        lr: float
+        finetune_lr: float | None
+        lr_decay: float
+        early_stop_patience: int
+        epochs: int
+        batch_size: int
+        weight_decay: float
+        seed: int
+        strategy: str
+        ewc_lambda: float
+        fisher: str
+        fisher_samples: int | None
+        ewc_mode: str
+        ewc_gamma: float
+        distill_temperature: float
+        distill_alpha: float
+        replay_size: int
+        replay_ratio: float
+        l2sp_lambda: float
+        frozen_layers: int
+
+        def __init__(self, **values: Any) -> None: ...
+
     def __post_init__(self) -> None:
         # types, then ranges, field by field (the Python API gets the same checks as YAML), then across fields
         for row in ROWS:
@@ -47,7 +85,7 @@ class _TrainConfigMethods:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
+    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> Self:
         """Build from a flat mapping, checking keys and types; ``source`` names the file in errors."""
         allowed = cls.field_names()
         for key in values:
@@ -59,7 +97,7 @@ class _TrainConfigMethods:
             raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Self:
         """Read a YAML file: either a flat mapping or ``sweep choose``'s ``{config: ..., evidence: ...}``."""
         path = Path(path).expanduser()
         data = read_yaml(path, "config")
@@ -72,18 +110,21 @@ class _TrainConfigMethods:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
-    def replace(self, **changes: Any) -> TrainConfig:
+    def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
 
 
-TrainConfig = dataclasses.make_dataclass(
-    "TrainConfig",
-    [(row.name, row.annotation, dataclasses.field(default=row.default)) for row in ROWS],
-    bases=(_TrainConfigMethods,),
-    frozen=True,
-    namespace={"__module__": __name__, "__doc__": "The configuration of one run: one field per row of "
-               "sweep.hparams.ROWS (see there for each field's type, default, range and why)."},
-)
+if TYPE_CHECKING:
+    TrainConfig = _TrainConfigMethods
+else:
+    TrainConfig = dataclasses.make_dataclass(
+        "TrainConfig",
+        [(row.name, row.annotation, dataclasses.field(default=row.default)) for row in ROWS],
+        bases=(_TrainConfigMethods,),
+        frozen=True,
+        namespace={"__module__": __name__, "__doc__": "The configuration of one run: one field per row of "
+                   "sweep.hparams.ROWS (see there for each field's type, default, range and why)."},
+    )
 
 
 def read_yaml(path: Path, what: str) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.data import benchmarks
+from sweep.data import readers
 from sweep.data.benchmarks import BENCHMARKS, build_benchmark, read_idx, resolve_data_root
 from sweep.data.tasks import SCENARIOS, Benchmark
 from sweep.errors import DataError, SweepError
@@ -49,7 +49,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         asked.append(folder)
         return "offline (test)"
 
-    monkeypatch.setattr(benchmarks, "_download", no_download)
+    monkeypatch.setattr(readers, "_download", no_download)
     yield asked
 
 
@@ -438,7 +438,7 @@ def test_download_writes_only_complete_files(
         with pytest.raises(DataError, match="download failed \\(<urlopen error boom>\\)"):
             build_benchmark("split-mnist", data_root=tmp_path)
         assert list(tmp_path.iterdir()) == []  # no folders, no partial files
-    assert _FakeTorchvisionMNIST.timeouts == [benchmarks.DOWNLOAD_TIMEOUT_S]
+    assert _FakeTorchvisionMNIST.timeouts == [readers.DOWNLOAD_TIMEOUT_S]
     assert socket.getdefaulttimeout() == before
 
 

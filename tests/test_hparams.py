@@ -7,6 +7,7 @@ a setting, ``~`` is expanded in path options, and the resume hint repeats the ar
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import json
@@ -64,6 +65,18 @@ def test_row_is_a_train_config_field_with_its_default_and_type(row: HParam):
 
 def test_train_config_fields_are_the_table_in_order():
     assert TrainConfig.field_names() == hparams.FIELD_NAMES == schema.CONFIG_FIELDS
+
+
+def test_type_checkers_see_the_table_fields():
+    """config.py spells TrainConfig's fields out for mypy (``if TYPE_CHECKING:``): the table's, in order, same types."""
+    tree = ast.parse((REPO / "sweep" / "config.py").read_text())
+    methods = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "_TrainConfigMethods")
+    block = next(n for n in methods.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    declared = {node.target.id: eval(ast.unparse(node.annotation))  # our own source: "str | None", "int"...
+                for node in block.body if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and not node.target.id.startswith("__")}
+    assert list(declared) == list(hparams.FIELD_NAMES)
+    assert declared == {row.name: row.annotation for row in ROWS}
 
 
 @pytest.mark.parametrize("row", ROWS, ids=IDS)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import sweep.train.trainer as trainer_mod
+import sweep.train.evaluation as evaluation_mod
 from sweep.commands.pretrain import pretrain
 from sweep.config import TrainConfig
 from sweep.data.benchmarks import build_benchmark
@@ -22,7 +22,8 @@ from sweep.data.tasks import Benchmark, Split, Task
 from sweep.errors import ConfigError, DataError, SweepError
 from sweep.models import Wrapped, build_model, load_weights, named_layers, save_weights, unwrap
 from sweep.strategies.registry import build_strategy
-from sweep.train.trainer import _layer_groups, evaluate, load_benchmark, run_config, train_sequence
+from sweep.train.task_setup import layer_groups
+from sweep.train.trainer import evaluate, load_benchmark, run_config, train_sequence
 from sweep.tune.prefix_cache import prefix_key
 from tests.helpers import REPO, run_cli
 
@@ -388,9 +389,9 @@ def test_split_cifar10_reads_torchvisions_batches(tmp_path: Path):
 
 
 def test_split_cifar10_without_files_or_network_is_one_line(tmp_path: Path, monkeypatch):
-    import sweep.data.benchmarks as benchmarks
+    import sweep.data.readers as readers
 
-    monkeypatch.setattr(benchmarks, "_download_cifar10", lambda root: "no network (test)")
+    monkeypatch.setattr(readers, "_download_cifar10", lambda root: "no network (test)")
     with pytest.raises(DataError, match="CIFAR-10 data not found.*no network") as err:
         build_benchmark("split-cifar10", "class", data_root=tmp_path)
     assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
@@ -418,11 +419,11 @@ class _Evil:
 
 def test_lr_decay_gives_earlier_layers_smaller_learning_rates():
     model = build_model("mlp", (1, 8, 8), 10, (16, 16))
-    groups = _layer_groups(model, [p for p in model.parameters()], 1e-2, 0.5)
+    groups = layer_groups(model, [p for p in model.parameters()], 1e-2, 0.5)
     assert [g["lr"] for g in groups] == [2.5e-3, 5e-3, 1e-2]
     from sweep.models import freeze_layers
 
-    groups = _layer_groups(model, freeze_layers(model, 1), 1e-2, 0.5)  # frozen layers leave the optimizer
+    groups = layer_groups(model, freeze_layers(model, 1), 1e-2, 0.5)  # frozen layers leave the optimizer
     assert [g["lr"] for g in groups] == [5e-3, 1e-2]
 
 
@@ -431,17 +432,17 @@ def test_lr_decay_and_early_stopping_act_on_the_fine_tune_only():
     plain = run_config(base)
     decayed = run_config(base.replace(lr_decay=0.1))
     epochs: list[int] = []
-    original = trainer_mod._EarlyStop.__call__
+    original = evaluation_mod.EarlyStop.__call__
 
     def spy(self, epoch: int) -> bool:
         epochs.append(epoch)
         return original(self, epoch)
 
-    trainer_mod._EarlyStop.__call__ = spy
+    evaluation_mod.EarlyStop.__call__ = spy
     try:
         stopped = run_config(base.replace(early_stop_patience=1))
     finally:
-        trainer_mod._EarlyStop.__call__ = original
+        evaluation_mod.EarlyStop.__call__ = original
     for result in (decayed, stopped):
         assert np.array_equal(result.test[0], plain.test[0])  # task 1 trained identically (prefix-free)
     assert not np.array_equal(decayed.test[1], plain.test[1])

@@ -5,9 +5,13 @@ empty on purpose: ``sweep.cli`` imports the ``choose`` and ``report`` command mo
 parser, and ``sweep train`` should not pay for importing pandas or matplotlib.
 
 - :mod:`sweep.analysis.io`: :func:`~sweep.analysis.io.load_study`, the :class:`~sweep.analysis.io.Study`.
-- :mod:`sweep.analysis.pareto`: fronts, the seed-aware view, hypervolume, the no-trade-off check.
-- :mod:`sweep.analysis.choose`: the constraint language and the production choice (``chosen.yaml``).
-- :mod:`sweep.analysis.plots`: front, sensitivity, accuracy matrix, several fronts (PNG).
-- :mod:`sweep.analysis.report`: one self-contained HTML report.
+- :mod:`sweep.analysis.pareto`: fronts, the seed-aware view, hypervolume, the no-trade-off check
+  (one table's dominance in :mod:`sweep.analysis.dominance`).
+- :mod:`sweep.analysis.choose`: the production choice (the constraint language in
+  :mod:`sweep.analysis.constraints`, the :class:`Choice` and ``chosen.yaml`` in :mod:`sweep.analysis.chosen`).
+- :mod:`sweep.analysis.plots`: front, sensitivity, accuracy matrix, several fronts (PNG); shared pieces in
+  :mod:`sweep.analysis.drawing`, a module each for :mod:`~sweep.analysis.sensitivity_plot` and
+  :mod:`~sweep.analysis.matrix_plot`.
+- :mod:`sweep.analysis.report`: one self-contained HTML report (its tables in :mod:`sweep.analysis.report_tables`).
 - :mod:`tests.fake_study`: hand-made studies for tests and notebooks.
 """

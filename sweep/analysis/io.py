@@ -170,7 +170,7 @@ def _check_values(file: Path, trials: pd.DataFrame) -> None:
         raise ResultsError(f"{file}: trial id(s) {ids} appear more than once; each trial must be one row")
 
 
-def _write_via_tmp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+def _write_via_tmp(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Create ``path``'s folder and write it atomically; OSError -> one-line ResultsError."""
     if path.is_dir():
         raise ResultsError(f"cannot write {path}: it is a directory; give a file name")

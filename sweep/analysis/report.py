@@ -1,7 +1,7 @@
 """One self-contained HTML report of a study: opens in a browser from disk, no server, no network.
 
 Plots are embedded as base64 PNG data URIs and the style sheet is inline, so the file can be
-mailed or attached to a ticket as it is.
+mailed or attached to a ticket as it is. Its tables are in :mod:`sweep.analysis.report_tables`.
 """
 
 from __future__ import annotations
@@ -12,18 +12,20 @@ import html
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from sweep.analysis import pareto, plots
 from sweep.analysis.choose import Choice, choose, format_choice
 from sweep.analysis.io import Study, write_atomic
+from sweep.analysis.report_tables import TOP_TRIALS, failed_table, references_table, setup_table, top_trials_table
 from sweep.results import schema
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+__all__ = ["TOP_TRIALS", "build_report", "verdict", "write_report"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }
@@ -35,44 +37,11 @@ img { max-width: 100%; } pre { background: #f7f7f7; padding: 0.8em; overflow-x: 
 .verdict { padding: 0.8em 1em; border-left: 4px solid #2a7; background: #f2fbf6; }
 .verdict.warn { border-color: #d80; background: #fff8ec; }
 """
-TOP_TRIALS = 15  # front and near-front trials shown in the table; the front plot shows all
 
 
 def _image(fig: Figure, alt: str) -> str:
     data = base64.b64encode(plots.png_bytes(fig)).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for cell in row:
-            numeric = isinstance(cell, (int, float, np.number)) and not isinstance(cell, bool)
-            cells.append(f"<td{' class=num' if numeric else ''}>{html.escape(_text(cell))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _text(value: object) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.4g}"
-    return str(value)
-
-
-def _pct(row: pd.Series, split: str, metric: str) -> str:
-    mean = row[schema.metric_column(split, metric)]
-    std = row[schema.metric_column(split, metric, "std")]
-    if pd.isna(mean):
-        return "n/a"
-    return f"{100 * float(mean):.1f}%" + ("" if pd.isna(std) else f" ± {100 * float(std):.1f}")
-
-
-def _unique(series: pd.Series) -> str:
-    return ", ".join(sorted({str(v) for v in series.dropna() if str(v) != ""})) or "?"
 
 
 def verdict(study: Study, split: str = "val") -> tuple[bool, str]:
@@ -117,114 +86,6 @@ def verdict(study: Study, split: str = "val") -> tuple[bool, str]:
     )
 
 
-def _setup(study: Study) -> str:
-    trials = study.trials
-    search = trials[trials["role"] == "search"]
-    by_status = ", ".join(f"{(search['status'] == s).sum()} {s}" for s in schema.STATUSES)
-    statuses = {role: _unique(trials.loc[trials["role"] == role, "status"]) for role in ("naive", "joint")}
-    references = ", ".join(f"{role}: {'missing' if s == '?' else s}" for role, s in statuses.items())
-    rows = [
-        ("study", study.name),
-        ("folder", str(study.path)),
-        ("strategy", study.setting("strategy")),
-        ("benchmark", study.setting("benchmark")),
-        ("scenario", f"{study.setting('scenario')}-incremental"),
-        ("model", study.setting("model")),
-        ("tasks", study.setting("num_tasks")),
-        ("search trials", f"{len(search)}: {by_status}"),
-        ("references", references),
-        ("seeds per trial", _unique(trials["n_seeds"])),
-        ("seeds", _unique(trials["seeds"])),
-        ("searched hyperparameters", ", ".join(study.searched_params()) or "none"),
-        ("code version", _unique(trials["code_version"])),
-        (
-            "torch / ray / optuna",
-            " / ".join(_unique(trials[c]) for c in ("torch_version", "ray_version", "optuna_version")),
-        ),
-        ("schema version", _unique(trials["schema_version"])),
-    ]
-    return _table(["setting", "value"], rows)
-
-
-def _top_trials(study: Study, split: str) -> str:
-    x, y = schema.metric_column(split, "stability"), schema.metric_column(split, "plasticity")
-    table = pareto.front_table(study.trials, x, y)
-    table = table[pareto.eligible(table, x, y) & (table["on_front"] | ~table["clearly_dominated"])]
-    if table.empty:
-        return "<p>No finished search trial.</p>"
-    table = table.sort_values(x, ascending=False).head(TOP_TRIALS)
-    params = study.searched_params()
-    other = "test" if split == "val" else "val"
-    headers = [
-        "trial",
-        "front",
-        *params,
-        f"{split} stability",
-        f"{split} plasticity",
-        f"{split} ACC",
-        f"{other} stability",
-        f"{other} plasticity",
-    ]
-    rows = [
-        [
-            row["trial_id"],
-            "front" if row["on_front"] else "within noise",
-            *(row[f"hp_{p}"] for p in params),
-            _pct(row, split, "stability"),
-            _pct(row, split, "plasticity"),
-            _pct(row, split, "acc"),
-            _pct(row, other, "stability"),
-            _pct(row, other, "plasticity"),
-        ]
-        for _, row in table.iterrows()
-    ]
-    note = (
-        "<p>Pareto-front trials, and dominated trials whose ±1 std box overlaps a front point that"
-        ' dominates them ("within noise"), most stable first.</p>'
-    )
-    return note + _table(headers, rows)
-
-
-def _references(study: Study) -> str:
-    rows = []
-    for role in ("naive", "joint"):
-        row = study.reference(role)
-        if row is None:
-            rows.append([role, "missing", "", "", "", "", ""])
-            continue
-        rows.append(
-            [
-                role,
-                row["trial_id"],
-                *(_pct(row, s, m) for s in ("val", "test") for m in ("stability", "plasticity", "acc")),
-            ]
-        )
-    headers = [
-        "reference",
-        "trial",
-        "val stability",
-        "val plasticity",
-        "val ACC",
-        "test stability",
-        "test plasticity",
-        "test ACC",
-    ]
-    return (
-        "<p>Naive fine-tuning is the floor for stability, joint training on all tasks seen so far the"
-        " ceiling for both; neither is a candidate on the front.</p>" + _table(headers, rows)
-    )
-
-
-def _failed(study: Study) -> str:
-    failed = study.trials[study.trials["status"] != "finished"]
-    if failed.empty:
-        return "<p>None: every trial finished.</p>"
-    return _table(
-        ["trial", "role", "status", "reason"],
-        [[r["trial_id"], r["role"], r["status"], r["reason"]] for _, r in failed.iterrows()],
-    )
-
-
 def build_report(
     study: Study,
     *,
@@ -258,54 +119,19 @@ def build_report(
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="verdict{" warn" if warn else ""}">{html.escape(words)}</p>',
         "<h2>Setup</h2>",
-        _setup(study),
+        setup_table(study),
         f"<h2>Pareto front ({html.escape(split)})</h2>",
         _image(plots.plot_front(study, split=split), "Pareto front"),
         "<h2>Top trials</h2>",
-        _top_trials(study, split),
+        top_trials_table(study, split),
         "<h2>References</h2>",
-        _references(study),
+        references_table(study),
+        *_sensitivity_section(study, split),
+        *_choice_section(choice),
+        *_matrix_section(study, choice, split),
+        "<h2>Errored and diverged trials</h2>",
+        failed_table(study),
     ]
-    params = study.searched_params()
-    parts.append("<h2>Sensitivity</h2>")
-    if not params:
-        parts.append("<p>No hyperparameter took more than one value among finished search trials.</p>")
-    for param in params:
-        parts.append(_image(plots.plot_sensitivity(study, param, split=split), f"sensitivity to {param}"))
-    parts.append("<h2>Chosen setting</h2>")
-    matrix_trial = None
-    if choice is None:
-        parts.append(
-            "<p>No constraint given: run <code>sweep report STUDY --constraint ...</code> or"
-            " <code>sweep choose</code> to add the production choice.</p>"
-        )
-    else:
-        parts.append(f"<pre>{html.escape(format_choice(choice))}</pre>")
-        if choice.feasible:
-            import yaml
-
-            config = yaml.safe_dump({"config": choice.config()}, sort_keys=False)
-            parts.append(
-                f"<p>As a training config (<code>sweep train --config FILE</code>):</p>"
-                f"<pre>{html.escape(config)}</pre>"
-            )
-            matrix_trial = str(choice.trial["trial_id"]) if choice.trial is not None else None
-    if matrix_trial is None:
-        finished = study.finished("search")
-        acc = pd.to_numeric(finished[schema.metric_column(split, "acc")], errors="coerce")
-        if acc.notna().any():
-            matrix_trial = str(finished.loc[acc.idxmax(), "trial_id"])
-    if matrix_trial is not None and (study.accuracy["trial_id"].astype(str) == matrix_trial).any():
-        label = (
-            "the chosen trial"
-            if choice is not None and choice.feasible
-            else f"the trial with the best {split} ACC"
-        )
-        parts += [
-            f"<h2>Accuracy matrix of {html.escape(label)} ({html.escape(matrix_trial)}, test)</h2>",
-            _image(plots.plot_accuracy_matrix(study, matrix_trial, split="test"), "accuracy matrix"),
-        ]
-    parts += ["<h2>Errored and diverged trials</h2>", _failed(study)]
     generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     parts.append(
         f"<p><small>Generated {generated} by sweep report from {html.escape(str(study.path))}."
@@ -314,7 +140,60 @@ def build_report(
     return "\n".join(parts)
 
 
-def write_report(study: Study, path: str | os.PathLike[str] | None = None, **options: object) -> Path:
-    """Write :func:`build_report` to ``path`` (default ``<study>/report.html``), atomically."""
+def _sensitivity_section(study: Study, split: str) -> list[str]:
+    """One sensitivity plot per searched hyperparameter."""
+    params = study.searched_params()
+    parts = ["<h2>Sensitivity</h2>"]
+    if not params:
+        parts.append("<p>No hyperparameter took more than one value among finished search trials.</p>")
+    for param in params:
+        parts.append(_image(plots.plot_sensitivity(study, param, split=split), f"sensitivity to {param}"))
+    return parts
+
+
+def _choice_section(choice: Choice | None) -> list[str]:
+    """The production choice in words and, when feasible, as a training config."""
+    parts = ["<h2>Chosen setting</h2>"]
+    if choice is None:
+        parts.append(
+            "<p>No constraint given: run <code>sweep report STUDY --constraint ...</code> or"
+            " <code>sweep choose</code> to add the production choice.</p>"
+        )
+        return parts
+    parts.append(f"<pre>{html.escape(format_choice(choice))}</pre>")
+    if choice.feasible:
+        import yaml
+
+        config = yaml.safe_dump({"config": choice.config()}, sort_keys=False)
+        parts.append(
+            f"<p>As a training config (<code>sweep train --config FILE</code>):</p>"
+            f"<pre>{html.escape(config)}</pre>"
+        )
+    return parts
+
+
+def _matrix_section(study: Study, choice: Choice | None, split: str) -> list[str]:
+    """The accuracy matrix of the chosen trial, else of the trial with the best ACC; none without one."""
+    matrix_trial = None
+    if choice is not None and choice.feasible:
+        matrix_trial = str(choice.trial["trial_id"]) if choice.trial is not None else None
+    if matrix_trial is None:
+        finished = study.finished("search")
+        acc = pd.to_numeric(finished[schema.metric_column(split, "acc")], errors="coerce")
+        if acc.notna().any():
+            # pandas-stubs types idxmax's label Hashable, which .loc's overloads do not take
+            matrix_trial = str(finished.loc[acc.idxmax(), "trial_id"])  # type: ignore[index]
+    if matrix_trial is None or not (study.accuracy["trial_id"].astype(str) == matrix_trial).any():
+        return []
+    label = "the chosen trial" if choice is not None and choice.feasible else f"the trial with the best {split} ACC"
+    return [
+        f"<h2>Accuracy matrix of {html.escape(label)} ({html.escape(matrix_trial)}, test)</h2>",
+        _image(plots.plot_accuracy_matrix(study, matrix_trial, split="test"), "accuracy matrix"),
+    ]
+
+
+def write_report(study: Study, path: str | os.PathLike[str] | None = None, **options: Any) -> Path:
+    """Write :func:`build_report` (``options``: its keyword arguments) to ``path`` (default
+    ``<study>/report.html``), atomically."""
     output = Path(path) if path is not None else study.path / "report.html"
-    return write_atomic(output, build_report(study, **options))  # type: ignore[arg-type]
+    return write_atomic(output, build_report(study, **options))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Protocol
 
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError
@@ -29,7 +29,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     add_field_flags(parser)
 
 
-def add_field_flags(parser: argparse.ArgumentParser, skip: Collection[str] = (),
+class FlagTarget(Protocol):
+    """Where flags go: an ``argparse.ArgumentParser`` or one of its argument groups."""
+
+    def add_argument(self, *name_or_flags: str, **kwargs: Any) -> argparse.Action: ...
+
+
+def add_field_flags(parser: FlagTarget, skip: Collection[str] = (),
                     default_text: Callable[[HParam], str | None] = lambda row: None) -> None:
     """One flag per row not in ``skip``, default None (not given); ``default_text(row)`` replaces the help's
     default (``sweep run``: the space's value, else the row's)."""

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sweep.commands._config_args import add_config_arguments, config_from_args, expanded_path
 from sweep.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from sweep.config import TrainConfig
+    from sweep.data.tasks import Benchmark
+    from sweep.models import LayeredModel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 
 
-def pretrain(config, benchmark=None, device="cpu"):  # noqa: ANN001, ANN201 - (TrainConfig, Benchmark) -> tuple
+def pretrain(
+    config: TrainConfig, benchmark: Benchmark | None = None, device: torch.device | str = "cpu"
+) -> tuple[LayeredModel, Benchmark, float, float]:
     """Train task 1 of ``config``'s benchmark exactly as the trainer's first task does (naive, nothing frozen).
 
     Returns:

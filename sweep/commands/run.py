@@ -7,6 +7,7 @@ import math
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     f"the space's, else {row.shown_default()}")
 
 
-def _int(flag: str):  # noqa: ANN202 - argparse type factory
+def _int(flag: str) -> Callable[[str], int]:  # an argparse type
     def parse(text: str) -> int:
         try:
             return int(text)
@@ -63,7 +64,7 @@ def _int(flag: str):  # noqa: ANN202 - argparse type factory
     return parse
 
 
-def _float(flag: str):  # noqa: ANN202
+def _float(flag: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             return float(text)
@@ -124,7 +125,7 @@ def end_front(study_dir: Path) -> list[dict[str, Any]]:
     if trials.empty:
         return []
     front = trials[pareto_front(trials).to_numpy()].sort_values("val_stability_mean", ascending=False)
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+    return [{str(k): (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             for row in front.to_dict("records")]
 
 

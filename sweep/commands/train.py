@@ -96,4 +96,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _nan_to_none(values: np.ndarray) -> list:
     """JSON has no NaN: rows after a divergence become null."""
-    return np.where(np.isfinite(values), values, None).tolist()
+    out = values.astype(object)
+    out[~np.isfinite(values)] = None
+    return out.tolist()

@@ -29,7 +29,7 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,7 @@ def add_import_paths(paths: Sequence[str]) -> None:
 
 def call_function(function: Callable[..., Any], spec: str, what: str, **available: Any) -> Any:
     """Call with the keyword arguments of ``available`` that the function declares."""
+    parameters: Mapping[str, inspect.Parameter]
     try:
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):

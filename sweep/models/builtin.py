@@ -84,11 +84,15 @@ def torchvision_resnet(name: str, input_shape: Sequence[int], num_classes: int) 
 
 ModelBuilder = Callable[[tuple[int, ...], int, tuple[int, ...]], LayeredModel]
 
+
+def _resnet_builder(name: str) -> ModelBuilder:
+    return lambda input_shape, num_classes, hidden: torchvision_resnet(name, input_shape, num_classes)
+
+
 MODELS: dict[str, ModelBuilder] = {
     "mlp": lambda input_shape, num_classes, hidden: MLP(math.prod(input_shape), num_classes, hidden),
     "cnn": lambda input_shape, num_classes, hidden: CNN(input_shape, num_classes),
-    **{name: (lambda input_shape, num_classes, hidden, _name=name: torchvision_resnet(_name, input_shape, num_classes))
-       for name in TORCHVISION_MODELS},
+    **{name: _resnet_builder(name) for name in TORCHVISION_MODELS},
 }
 
 

@@ -59,7 +59,7 @@ def named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         return named_layers(model.net)
     if isinstance(model, LayeredModel) or inspect.ismethod(getattr(model, "layers", None)):
         names = {id(module): name for name, module in model.named_modules() if name}
-        layers = list(model.layers())  # type: ignore[operator]
+        layers = list(model.layers())  # type: ignore[operator]  # a method (checked above); torch types it a Module
         return [(names.get(id(layer), f"layer{index}"), layer) for index, layer in enumerate(layers)]
     if type(model).__name__ == "ResNet" and type(model).__module__.startswith("torchvision."):
         return [(name, nn.ModuleList([getattr(model, part) for part in parts]) if len(parts) > 1
@@ -95,18 +95,25 @@ def _hold_statistics(norm: nn.Module, frozen: bool) -> None:
         norm.register_forward_pre_hook(_frozen_norm_pre_hook)
         norm.register_forward_hook(_frozen_norm_post_hook, always_call=True)
     if frozen or installed:
-        norm._sweep_frozen = frozen
-        norm._sweep_was_training = False
+        _set_flags(norm, _sweep_frozen=frozen, _sweep_was_training=False)
 
 
 def _frozen_norm_pre_hook(module: nn.Module, args: tuple) -> None:
     if module.training and module._sweep_frozen:
-        module.training, module._sweep_was_training = False, True  # this call only: eval-mode normalisation
+        module.training = False  # this call only: eval-mode normalisation
+        _set_flags(module, _sweep_was_training=True)
 
 
 def _frozen_norm_post_hook(module: nn.Module, args: tuple, output: Tensor) -> None:
     if module._sweep_was_training:
-        module.training, module._sweep_was_training = True, False
+        module.training = True
+        _set_flags(module, _sweep_was_training=False)
+
+
+def _set_flags(module: nn.Module, **flags: bool) -> None:
+    """Plain attributes on a module (torch's stubs type ``Module.__setattr__`` for tensors and modules only)."""
+    for name, value in flags.items():
+        setattr(module, name, value)
 
 
 

@@ -16,7 +16,7 @@ from sweep.errors import ConfigError
 from sweep.models.layers import LayeredModel, Wrapped, named_layers
 
 
-def build_user_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_user_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> LayeredModel:
     """The user's model, wrapped so that it lists its layers, checked on a dummy batch."""
     function = load_function(spec, "model")
     net = call_function(function, spec, "model", input_shape=tuple(input_shape), num_classes=num_classes)

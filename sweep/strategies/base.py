@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from sweep.config import TrainConfig
-from sweep.data.tasks import Benchmark, Split
+from sweep.data.tasks import Benchmark, Split, Task
 from sweep.hparams import strategy_fields
 
 
@@ -50,7 +50,7 @@ class TaskContext:
     logits: Callable[[Tensor, Tensor | None], Tensor]  # (x float, task_ids) -> masked (B, classes)
 
     @property
-    def task(self):  # noqa: ANN201 - Task; avoids a circular annotation
+    def task(self) -> Task:
         return self.benchmark.tasks[self.task_index]
 
     def task_training_data(self, task_index: int | None = None) -> TrainingData:
@@ -172,3 +172,8 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Tensor | float | int]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+def tensors_under(state: Mapping[str, Tensor | float | int], prefix: str) -> dict[str, Tensor]:
+    """``{name: tensor}`` of a state dict's entries ``<prefix><name>`` (tensors, as ``state_dict`` wrote them)."""
+    return {k.removeprefix(prefix): cast(Tensor, v) for k, v in state.items() if k.startswith(prefix)}

@@ -11,13 +11,14 @@ the gradient's scale independent of T (Hinton et al.). α = 1 reproduces naive b
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sweep.hparams import DEFAULTS
-from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext
+from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext, tensors_under
 
 
 class Distill(Strategy):
@@ -33,6 +34,7 @@ class Distill(Strategy):
 
     def after_task(self, ctx: TaskContext) -> None:
         self.teacher = _frozen_copy(ctx.model)  # also at α = 1: the state after a task never depends on α
+        known: Sequence[int]
         if ctx.benchmark.scenario == "domain":
             known = range(ctx.benchmark.num_classes)
         else:
@@ -65,9 +67,9 @@ class Distill(Strategy):
         return state
 
     def load_state_dict(self, state: dict[str, Tensor | float | int]) -> None:
-        weights = {k.removeprefix("teacher."): v for k, v in state.items() if k.startswith("teacher.")}
+        weights = tensors_under(state, "teacher.")
         self.teacher = None
-        self._pending = weights or None  # type: ignore[assignment]
+        self._pending = weights or None
         known = state.get("known")
         self.known = known if isinstance(known, Tensor) else None
 

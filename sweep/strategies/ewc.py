@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from sweep.hparams import DEFAULTS
-from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext
+from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext, tensors_under
 from sweep.strategies.fisher import task_fisher
 
 
@@ -126,5 +126,5 @@ class EWC(Strategy):
     def load_state_dict(self, state: dict[str, Tensor | float | int]) -> None:
         self.offset = float(state.get("offset", 0.0))
         self.tasks = int(state.get("tasks", 0))
-        self.precision = {k.removeprefix("precision."): v for k, v in state.items() if k.startswith("precision.")}
-        self.anchor = {k.removeprefix("anchor."): v for k, v in state.items() if k.startswith("anchor.")}
+        self.precision = tensors_under(state, "precision.")
+        self.anchor = tensors_under(state, "anchor.")

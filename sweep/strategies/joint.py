@@ -19,5 +19,6 @@ class Joint(Strategy):
             return None
         parts = [ctx.task_training_data(t) for t in range(ctx.task_index + 1)]
         split = Split(torch.cat([p.split.x for p in parts]), torch.cat([p.split.y for p in parts]))
-        task_ids = None if parts[0].task_ids is None else torch.cat([p.task_ids for p in parts])  # type: ignore[misc]
+        ids = [p.task_ids for p in parts if p.task_ids is not None]  # every task's or none: the scenario's
+        task_ids = torch.cat(ids) if ids else None
         return TrainingData(split, task_ids)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from sweep.hparams import DEFAULTS
-from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext
+from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext, tensors_under
 from sweep.strategies.ewc import quadratic_penalty
 
 
@@ -39,4 +39,4 @@ class L2SP(Strategy):
         return {f"anchor.{n}": t for n, t in self.anchor.items()}
 
     def load_state_dict(self, state: dict[str, Tensor | float | int]) -> None:
-        self.anchor = {k.removeprefix("anchor."): v for k, v in state.items() if k.startswith("anchor.")}
+        self.anchor = tensors_under(state, "anchor.")

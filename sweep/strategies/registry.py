@@ -59,6 +59,7 @@ class Composite(Strategy):
 
     def __init__(self, parts: list[Strategy]) -> None:
         self.parts = parts
+        # Strategy.name is a class's registry key; a composite's is its parts', so it is set per instance
         self.name = "+".join(p.name for p in parts)  # type: ignore[misc]
 
     def before_task(self, ctx: TaskContext) -> None:
@@ -119,7 +120,9 @@ class Composite(Strategy):
             part.after_step(ctx, batch)
 
     def auxiliary(self, ctx: TaskContext) -> Auxiliary | None:
-        defined = [(p.name, aux) for p in self.parts if (aux := p.auxiliary(ctx)) is not None]
+        defined: list[tuple[str, Auxiliary | None]] = [
+            (p.name, aux) for p in self.parts if (aux := p.auxiliary(ctx)) is not None
+        ]
         return self._at_most_one("an auxiliary model", defined, None)
 
     def eval_model(self, ctx: TaskContext, task_index: int) -> nn.Module:

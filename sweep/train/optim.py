@@ -27,7 +27,7 @@ def make_optimizer(
     """``torch.optim.Adam`` (``kind="adam"``) or ``SGD`` over ``params``: tensors, or groups as torch takes them."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"optimizer {kind!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
-    items = [params] if isinstance(params, Tensor) else list(params)
+    items: list[Any] = [params] if isinstance(params, Tensor) else list(params)  # tensors, or groups (dicts)
     if items and all(isinstance(item, dict) for item in items):
         # a group's params may be a generator (model.parameters()): read it once, hand torch the list
         items = [{**group, "params": _tensors(group["params"])} if "params" in group else group for group in items]

@@ -15,7 +15,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweep.errors import ConfigError, SweepError
 from sweep.hparams import DEFAULTS
@@ -29,6 +29,9 @@ from sweep.tune.search_space import SearchSpace, load_space, space_path
 from sweep.tune.searcher import optuna_searcher
 from sweep.tune.sink import ResultSink, package_versions
 from sweep.tune.study import check_resume, check_writable, write_json
+
+if TYPE_CHECKING:
+    from sweep.data.tasks import Benchmark
 
 
 @dataclass
@@ -44,13 +47,7 @@ class SweepSummary:
 
 def run_sweep(o: SweepOptions) -> SweepSummary:
     """Run (or resume) a study; returns what finished. Bad input raises before anything is written."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet sink is the record
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ctrl-C must stop the whole sweep: Tune's handler would end only the current fit(), which
-    # returns as if done, and the next phase (the search after the references) would start
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    _set_ray_environment()
     validate_options(o)
     space = load_space(Path(o.space_file).expanduser() if o.space_file else space_path(o.strategy))
     if space.strategy != o.strategy:
@@ -60,7 +57,27 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     study = o.study or re.sub(r"[^A-Za-z0-9_+-]+", "_", f"{o.strategy}-{o.benchmark}-{o.scenario}")
     results_dir = Path(o.results_dir).expanduser().resolve()
     study_dir = results_dir / study
-    meta = {"study": study, "strategy": o.strategy, "space": space.path,
+    meta = _study_meta(o, space, base, study)
+    exists = _check_study_dir(o, study_dir, meta)
+    check_writable(results_dir)
+    benchmark = _check_inputs(o, space, base)
+    return _start(o, space, base, study, study_dir, meta, exists, benchmark)
+
+
+def _set_ray_environment() -> None:
+    """Ray's and Tune's settings for a sweep, unless the caller set them."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet sink is the record
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C must stop the whole sweep: Tune's handler would end only the current fit(), which
+    # returns as if done, and the next phase (the search after the references) would start
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+
+
+def _study_meta(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str) -> dict[str, Any]:
+    """The study file's content: what a resumed sweep must agree on."""
+    return {"study": study, "strategy": o.strategy, "space": space.path,
             "space_sha256": hashlib.sha256(Path(space.path).read_bytes()).hexdigest(),
             "base_config": base, "seeds": list(range(o.seeds)), "objective": o.objective,
             "min_plasticity": o.min_plasticity, "sampler": o.sampler,
@@ -69,6 +86,11 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
             # the table's defaults when the study started: what a field the base config and a trial's
             # columns leave out meant then (a hp_ column added later reads as null in this study's files)
             "defaults": DEFAULTS}
+
+
+def _check_study_dir(o: SweepOptions, study_dir: Path, meta: dict[str, Any]) -> bool:
+    """Refuse a locked study, an existing one without ``--resume`` and one ``--resume`` cannot continue;
+    return whether the study exists."""
     holder = study_lock_holder(study_dir)
     if holder is not None:
         raise SweepError(locked_message(study_dir, holder))
@@ -80,19 +102,22 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
         StudyStore(study_dir)  # a torn or foreign Parquet file is refused now, before Ray starts
     elif o.resume and study_dir.exists() and any(study_dir.iterdir()):
         raise ConfigError(f"{study_dir} holds files but no {STUDY_FILE}; it is not a study this tool can resume")
-    check_writable(results_dir)
+    return exists
 
-    # the data is read once, on the driver: a missing file fails here, before Ray starts
+
+def _check_inputs(o: SweepOptions, space: SearchSpace, base: dict[str, Any]) -> Benchmark:
+    """Read the data and build the model once, on the driver: a missing file, a checkpoint that does not
+    fit or frozen layers the model lacks fail here, before Ray starts. Returns the benchmark."""
     from sweep.data.benchmarks import build_benchmark
     from sweep.models import build_model, load_weights
-    from sweep.tune.trial import benchmark_to_arrays, trial_config
+    from sweep.tune.trial import trial_config
 
     config0 = trial_config(base, {})
     benchmark = build_benchmark(config0.benchmark, config0.scenario, config0.num_tasks, config0.class_order,
                                 config0.data_root, config0.val_fraction)
     model0 = build_model(config0.model, benchmark.input_shape, benchmark.num_classes, config0.hidden)
     n_layers = len(model0.layers())
-    for key in ("pretrained", "init_weights"):  # a checkpoint that does not fit fails here, before Ray starts
+    for key in ("pretrained", "init_weights"):
         if getattr(config0, key) is not None:
             load_weights(model0, getattr(config0, key), strict=key == "pretrained", what=key)
     frozen = {"--frozen-layers" if "frozen_layers" in o.extra else "fixed.frozen_layers": base.get("frozen_layers", 0)}
@@ -103,6 +128,14 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     for where, value in frozen.items():
         if value is not None:
             check_frozen_layers(int(value), n_layers, f"{space.path}: {where}")
+    return benchmark
+
+
+def _start(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, study_dir: Path,
+           meta: dict[str, Any], exists: bool, benchmark: Benchmark) -> SweepSummary:
+    """Take the study's lock, start Ray, write the study file and run; a folder made here and left no
+    study (a failure before the study file) is removed again."""
+    from sweep.tune.trial import benchmark_to_arrays
 
     created = False  # True while the folder is ours and not yet a study: removed again on failure
     started_ray = False

@@ -52,10 +52,16 @@ class Param:
         import optuna.distributions as d
 
         if self.kind == "float":
-            return d.FloatDistribution(float(self.low), float(self.high), log=self.log)
+            low, high = self._bounds()
+            return d.FloatDistribution(float(low), float(high), log=self.log)
         if self.kind == "int":
-            return d.IntDistribution(int(self.low), int(self.high), log=self.log, step=self.step)
+            low, high = self._bounds()
+            return d.IntDistribution(int(low), int(high), log=self.log, step=self.step)
         return d.CategoricalDistribution(list(self.choices))
+
+    def _bounds(self) -> tuple[float | int, float | int]:
+        assert self.low is not None and self.high is not None, f"{self.name}: a numeric parameter has bounds"
+        return self.low, self.high
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Parquet rows, so the two records never disagree."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sweep.results.store import StudyStore
 from sweep.tune.options import SweepOptions
@@ -49,12 +49,13 @@ def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path) -> Any
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
     multi = o.objective == "pareto"
+    sampler: optuna.samplers.BaseSampler
     if o.sampler == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=o.sampler_seed, population_size=max(4, min(50, o.trials // 2)))
     else:
         sampler = optuna.samplers.TPESampler(seed=o.sampler_seed, n_startup_trials=max(2, min(10, o.trials // 3)))
     name = study_dir.name
-    directions = ["maximize", "maximize"] if multi else ["maximize"]
+    directions: list[Literal["maximize"]] = ["maximize", "maximize"] if multi else ["maximize"]
     existing = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
     closed = reconcile_optuna(existing, StudyStore(study_dir))
     if closed and not o.quiet:

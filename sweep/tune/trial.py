@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from sweep.config import TrainConfig
 from sweep.data.tasks import Benchmark, Split, Task
 from sweep.metrics import all_metrics
 from sweep.results.schema import METRICS, SPLITS, metric_column
-from sweep.train.trainer import TaskReport, build_run, iter_sequence
+from sweep.train.trainer import EpochReport, SequenceResult, TaskReport, build_run, iter_sequence
 from sweep.tune.prefix_cache import PrefixCache, prefix_key
 
 OBJECTIVES = ("stability", "plasticity")  # both maximised; validation means over seeds
@@ -110,14 +111,9 @@ def run_trial(
     device = device or torch.device("cpu")
     started = time.perf_counter()
     benchmark = benchmark.to(device)
-    runs = []
-    for seed in seeds:
-        seeded = config.replace(seed=seed)
-        model, strategy = build_run(seeded, benchmark)
-        prefix = PrefixCache(prefix_dir, prefix_key(seeded, benchmark)) if prefix_dir else None
-        runs.append(iter_sequence(benchmark, model, strategy, seeded, device=device, prefix=prefix))
+    runs = _seed_runs(config, benchmark, seeds, device, prefix_dir)
     T = benchmark.num_tasks
-    last: list[TaskReport | None] = [None] * len(seeds)
+    last: list[TaskReport | EpochReport | None] = [None] * len(seeds)  # TaskReports: no epoch_reports
     final: dict[str, Any] = {}
     for t in range(T):
         diverged = []
@@ -132,28 +128,10 @@ def run_trial(
             for run in runs:
                 run.close()  # the other seeds stop here too: no more training for a trial that is over
             break
-        metrics = summarize(last, t + 1)  # type: ignore[arg-type]
-        result: dict[str, Any] = {
-            **metrics,
-            "stability": metrics["val_stability_mean"],
-            "plasticity": metrics["val_plasticity_mean"],
-            "tasks_done": t + 1,
-            "final": t == T - 1,
-            "status": "running" if t < T - 1 else "finished",
-            "reason": "",
-        }
-        result["objective"] = _objective(result, objective)
+        final = _task_result([r for r in last if isinstance(r, TaskReport)], t, T, objective)
         if t < T - 1:
-            report(result)
-        final = result
-    stats: dict[str, list[float]] = {}
-    for run in runs:  # finish the generators to collect each strategy's stats (Fisher scale)
-        try:
-            next(run)
-        except StopIteration as stop:  # a closed generator (after a divergence) returns None
-            for key, value in (stop.value.stats if stop.value else {}).items():
-                stats.setdefault(key, []).append(value)
-    final.update({key: float(np.mean(values)) for key, values in stats.items()})
+            report(final)
+    final.update(_finish_runs(runs))
     final["duration_s"] = time.perf_counter() - started
     final["accuracy"] = {
         str(seed): {split: np.nan_to_num(getattr(r, split), nan=-1.0).tolist() if r else None for split in SPLITS}
@@ -162,6 +140,49 @@ def run_trial(
     }
     report(final)
     return final
+
+
+def _seed_runs(
+    config: TrainConfig, benchmark: Benchmark, seeds: list[int], device: torch.device, prefix_dir: str | None
+) -> list[Generator[TaskReport | EpochReport, None, SequenceResult]]:
+    """One trainer generator per seed, each on its own seeded model and strategy (and prefix cache entry)."""
+    runs = []
+    for seed in seeds:
+        seeded = config.replace(seed=seed)
+        model, strategy = build_run(seeded, benchmark)
+        prefix = PrefixCache(prefix_dir, prefix_key(seeded, benchmark)) if prefix_dir else None
+        runs.append(iter_sequence(benchmark, model, strategy, seeded, device=device, prefix=prefix))
+    return runs
+
+
+def _task_result(
+    reports: list[TaskReport], t: int, num_tasks: int, objective: dict[str, float] | None
+) -> dict[str, Any]:
+    """The report after task ``t`` (0-based): every metric's mean and std over the seeds, both objectives."""
+    metrics = summarize(reports, t + 1)  # every seed's, none diverged
+    result: dict[str, Any] = {
+        **metrics,
+        "stability": metrics["val_stability_mean"],
+        "plasticity": metrics["val_plasticity_mean"],
+        "tasks_done": t + 1,
+        "final": t == num_tasks - 1,
+        "status": "running" if t < num_tasks - 1 else "finished",
+        "reason": "",
+    }
+    result["objective"] = _objective(result, objective)
+    return result
+
+
+def _finish_runs(runs: list[Generator[TaskReport | EpochReport, None, SequenceResult]]) -> dict[str, float]:
+    """Finish the generators and average each strategy's stats (Fisher scale) over the seeds."""
+    stats: dict[str, list[float]] = {}
+    for run in runs:
+        try:
+            next(run)
+        except StopIteration as stop:  # a closed generator (after a divergence) returns None
+            for key, value in (stop.value.stats if stop.value else {}).items():
+                stats.setdefault(key, []).append(value)
+    return {key: float(np.mean(values)) for key, values in stats.items()}
 
 
 def _objective(result: dict[str, Any], objective: dict[str, float] | None) -> float:

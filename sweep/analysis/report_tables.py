@@ -1,0 +1,160 @@
+"""The tables of the HTML report (:mod:`sweep.analysis.report`): setup, top trials, references, failures."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from sweep.analysis import pareto
+from sweep.analysis.io import Study
+from sweep.results import schema
+
+TOP_TRIALS = 15  # front and near-front trials shown in the table; the front plot shows all
+
+
+def html_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """An HTML table; numbers right-aligned, missing values empty."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for cell in row:
+            numeric = isinstance(cell, (int, float, np.number)) and not isinstance(cell, bool)
+            cells.append(f"<td{' class=num' if numeric else ''}>{html.escape(_text(cell))}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _text(value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+def _pct(row: pd.Series, split: str, metric: str) -> str:
+    mean = row[schema.metric_column(split, metric)]
+    std = row[schema.metric_column(split, metric, "std")]
+    if pd.isna(mean):
+        return "n/a"
+    return f"{100 * float(mean):.1f}%" + ("" if pd.isna(std) else f" ± {100 * float(std):.1f}")
+
+
+def _unique(series: pd.Series) -> str:
+    return ", ".join(sorted({str(v) for v in series.dropna() if str(v) != ""})) or "?"
+
+
+def setup_table(study: Study) -> str:
+    """The study's settings, trial counts, seeds and versions."""
+    trials = study.trials
+    search = trials[trials["role"] == "search"]
+    by_status = ", ".join(f"{(search['status'] == s).sum()} {s}" for s in schema.STATUSES)
+    statuses = {role: _unique(trials.loc[trials["role"] == role, "status"]) for role in ("naive", "joint")}
+    references = ", ".join(f"{role}: {'missing' if s == '?' else s}" for role, s in statuses.items())
+    rows = [
+        ("study", study.name),
+        ("folder", str(study.path)),
+        ("strategy", study.setting("strategy")),
+        ("benchmark", study.setting("benchmark")),
+        ("scenario", f"{study.setting('scenario')}-incremental"),
+        ("model", study.setting("model")),
+        ("tasks", study.setting("num_tasks")),
+        ("search trials", f"{len(search)}: {by_status}"),
+        ("references", references),
+        ("seeds per trial", _unique(trials["n_seeds"])),
+        ("seeds", _unique(trials["seeds"])),
+        ("searched hyperparameters", ", ".join(study.searched_params()) or "none"),
+        ("code version", _unique(trials["code_version"])),
+        (
+            "torch / ray / optuna",
+            " / ".join(_unique(trials[c]) for c in ("torch_version", "ray_version", "optuna_version")),
+        ),
+        ("schema version", _unique(trials["schema_version"])),
+    ]
+    return html_table(["setting", "value"], rows)
+
+
+def top_trials_table(study: Study, split: str) -> str:
+    """The front and the trials within noise of it, most stable first."""
+    x, y = schema.metric_column(split, "stability"), schema.metric_column(split, "plasticity")
+    table = pareto.front_table(study.trials, x, y)
+    table = table[pareto.eligible(table, x, y) & (table["on_front"] | ~table["clearly_dominated"])]
+    if table.empty:
+        return "<p>No finished search trial.</p>"
+    table = table.sort_values(x, ascending=False).head(TOP_TRIALS)
+    params = study.searched_params()
+    other = "test" if split == "val" else "val"
+    headers = [
+        "trial",
+        "front",
+        *params,
+        f"{split} stability",
+        f"{split} plasticity",
+        f"{split} ACC",
+        f"{other} stability",
+        f"{other} plasticity",
+    ]
+    rows = [
+        [
+            row["trial_id"],
+            "front" if row["on_front"] else "within noise",
+            *(row[f"hp_{p}"] for p in params),
+            _pct(row, split, "stability"),
+            _pct(row, split, "plasticity"),
+            _pct(row, split, "acc"),
+            _pct(row, other, "stability"),
+            _pct(row, other, "plasticity"),
+        ]
+        for _, row in table.iterrows()
+    ]
+    note = (
+        "<p>Pareto-front trials, and dominated trials whose ±1 std box overlaps a front point that"
+        ' dominates them ("within noise"), most stable first.</p>'
+    )
+    return note + html_table(headers, rows)
+
+
+def references_table(study: Study) -> str:
+    """The naive and joint references on both splits."""
+    rows = []
+    for role in ("naive", "joint"):
+        row = study.reference(role)
+        if row is None:
+            rows.append([role, "missing", "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                role,
+                row["trial_id"],
+                *(_pct(row, s, m) for s in ("val", "test") for m in ("stability", "plasticity", "acc")),
+            ]
+        )
+    headers = [
+        "reference",
+        "trial",
+        "val stability",
+        "val plasticity",
+        "val ACC",
+        "test stability",
+        "test plasticity",
+        "test ACC",
+    ]
+    return (
+        "<p>Naive fine-tuning is the floor for stability, joint training on all tasks seen so far the"
+        " ceiling for both; neither is a candidate on the front.</p>" + html_table(headers, rows)
+    )
+
+
+def failed_table(study: Study) -> str:
+    """Every trial that did not finish, with why."""
+    failed = study.trials[study.trials["status"] != "finished"]
+    if failed.empty:
+        return "<p>None: every trial finished.</p>"
+    return html_table(
+        ["trial", "role", "status", "reason"],
+        [[r["trial_id"], r["role"], r["status"], r["reason"]] for _, r in failed.iterrows()],
+    )

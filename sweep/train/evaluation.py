@@ -1,0 +1,93 @@
+"""Evaluation on the device: accuracies of a split, of every task, and early stopping on them.
+
+Data never leaves the device: batches are slices of whole-task tensors, correct predictions are
+counted on the device, and one host sync reads every task's accuracy at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sweep.data.tasks import Benchmark, Split, to_float
+
+EVAL_BATCH = 4096  # evaluation has no graph to keep, so large batches cost only activations
+
+
+def masked_logits(model: nn.Module, x: Tensor, task_ids: Tensor | None, masks: Tensor | None) -> Tensor:
+    """Forward pass; in task-incremental form, logits outside each sample's task are masked out."""
+    logits = model(x)  # (B, classes)
+    if masks is None or task_ids is None:
+        return logits
+    return logits.masked_fill(~masks[task_ids], torch.finfo(logits.dtype).min)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: Split, task_index: int, masks: Tensor | None, batch_size: int = EVAL_BATCH
+) -> Tensor:
+    """Accuracy of ``model`` on one split, as a 0-d tensor on the split's device (no host sync)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=split.y.device)
+    for start in range(0, len(split), batch_size):
+        x = to_float(split.x[start : start + batch_size])
+        y = split.y[start : start + batch_size]
+        logits = model(x)
+        if masks is not None:
+            logits = logits.masked_fill(~masks[task_index], torch.finfo(logits.dtype).min)
+        correct += (logits.argmax(dim=1) == y).sum()
+    model.train(was_training)
+    return correct.double() / max(len(split), 1)
+
+
+def evaluate_all(
+    model: nn.Module, benchmark: Benchmark, masks: Tensor | None, *,
+    models: Sequence[nn.Module] | None = None, seen: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(val, test) accuracies of every task, one host sync for all of them.
+
+    ``models[i]``, when given, evaluates task i instead of ``model``; with ``seen``, only the first
+    ``seen`` tasks are evaluated and the others read NaN.
+    """
+    T = benchmark.num_tasks
+    count = T if seen is None else seen
+    accs = [evaluate(model if models is None else models[t], getattr(task, split), t, masks)
+            for split in ("val", "test") for t, task in enumerate(benchmark.tasks[:count])]
+    values = torch.stack(accs).cpu().numpy()
+    if count == T:
+        return values[:T], values[T:]
+    val, test = np.full(T, np.nan), np.full(T, np.nan)
+    val[:count], test[:count] = values[:count], values[count:]
+    return val, test
+
+
+class EarlyStop:
+    """After each epoch: the task's validation accuracy; stop after ``patience`` epochs without a
+    better one, and :meth:`restore` the best epoch's weights. ``evaluated()`` gives the module judged
+    (the strategy's evaluation model); the weights kept and restored are ``model``'s."""
+
+    def __init__(self, model: nn.Module, split: Split, task_index: int, masks: Tensor | None, patience: int,
+                 evaluated: Callable[[], nn.Module] | None = None) -> None:
+        self.model, self.split, self.task_index, self.masks, self.patience = model, split, task_index, masks, patience
+        self.evaluated = evaluated
+        self.best, self.waited, self.last_was_best = -1.0, 0, True
+        self.state: dict[str, Tensor] | None = None
+
+    def __call__(self, epoch: int) -> bool:
+        judged = self.model if self.evaluated is None else self.evaluated()
+        accuracy = float(evaluate(judged, self.split, self.task_index, self.masks))
+        self.last_was_best = accuracy > self.best
+        if self.last_was_best:
+            self.best, self.waited = accuracy, 0
+            self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+    def restore(self) -> None:
+        if self.state is not None and not self.last_was_best:
+            self.model.load_state_dict(self.state)
