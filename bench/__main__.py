@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from bench import fisher, memory, prefix_reuse, sweep_overhead, trial_speed
+from bench import fisher, memory, prefix_reuse, sweep_overhead, threads_under_load, trial_speed
 from bench.common import REPO, Row, Settings, default_data_root, ray_env, unavailable
 
 # row module -> its run(settings); explicit, in the order they run (prefix reuse last)
 ROWS: dict[str, Callable[..., list[Row]]] = {
     "trial_speed": trial_speed.run,
     "fisher": fisher.run,
+    "threads_under_load": threads_under_load.run,
     "sweep_overhead": sweep_overhead.run,
     "memory": memory.run,
     "prefix_reuse": prefix_reuse.run,

@@ -122,7 +122,6 @@ def ray_env() -> None:
     """A local Ray, quiet, never joining a cluster named by $RAY_ADDRESS (the memory row needs its own)."""
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 

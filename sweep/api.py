@@ -11,6 +11,10 @@ The sweep chose a setting; this module applies it where the training loop is you
         loss = F.cross_entropy(model(x), y) + ewc(model)
         optimizer.zero_grad(); loss.backward(); optimizer.step()
 
+The Fisher runs on ``chosen.config.threads`` torch threads (default 1, put back afterwards); wrap your
+own loop in ``sweep.api.torch_threads(n)`` to do the same: on a busy machine torch's default of a
+thread per core spins against every other process.
+
 Each piece is the very code the trainer runs (the Fisher estimators of
 :mod:`sweep.strategies.fisher`, the EWC, L2-SP and distillation terms of their strategies), so a
 loop that does what the trainer does gets the trainer's numbers, bit for bit.
@@ -19,7 +23,8 @@ loop that does what the trainer does gets the trainer's numbers, bit for bit.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sweep.config import TrainConfig
+from sweep.config import TrainConfig, read_yaml
 from sweep.errors import ConfigError
 from sweep.models import freeze_layers, named_layers
 from sweep.strategies.distill import _frozen_copy, distillation_term
@@ -41,7 +46,7 @@ from sweep.train.optim import make_optimizer
 
 __all__ = [
     "Chosen", "DistillationLoss", "EWCPenalty", "L2SPPenalty", "compute_fisher", "freeze_layers", "from_chosen",
-    "layer_names", "make_optimizer", "param_groups", "replay_indices",
+    "layer_names", "make_optimizer", "param_groups", "replay_indices", "torch_threads",
 ]
 
 
@@ -55,6 +60,27 @@ def _class_mask(model_out: int, classes: Sequence[int], device: torch.device) ->
     return mask
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``threads`` inside the block, and put back after it (None: unchanged).
+
+    torch's default is one thread per core, which on a busy machine spins against every other process:
+    for models as small as these one thread is as fast on an idle machine and many times faster on a busy
+    one (``make bench``, row ``threads_under_load``). Wrap your own loop in it too.
+    """
+    if threads is None:
+        yield
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def compute_fisher(
     model: nn.Module,
     x: Tensor,
@@ -65,6 +91,7 @@ def compute_fisher(
     samples: int | None = None,
     batch_size: int = 64,
     generator: torch.Generator | None = None,
+    threads: int | None = 1,
 ) -> dict[str, Tensor]:
     """The diagonal Fisher of every parameter of ``model`` on (x, y), name -> tensor.
 
@@ -72,11 +99,13 @@ def compute_fisher(
         model: your network, as trained on the data it must remember.
         x: (N, ...) inputs (uint8 images are scaled to [0, 1], floats are used as they are).
         y: (N,) integer labels (``empirical`` and ``batched`` use them).
-        estimator: ``exact``, ``sampled``, ``empirical`` or ``batched`` (DESIGN.md: their λ scales differ).
+        estimator: ``exact``, ``sampled``, ``empirical`` or ``batched`` (docs/design.md: their λ scales differ).
         classes: a task-incremental head: only these logits count (the others are masked out).
         samples: use this many samples, drawn with ``generator``; None: all of them.
         batch_size: the batch of the ``batched`` estimator (your training batch size).
         generator: CPU generator for ``samples`` and ``sampled``'s draws.
+        threads: torch CPU threads while it runs, put back after (:func:`torch_threads`); 1 cannot
+            oversubscribe a busy machine; None: torch's current setting.
     """
     if estimator not in ESTIMATORS:
         raise ConfigError(f"estimator {estimator!r} is unknown; allowed: {', '.join(ESTIMATORS)}")
@@ -92,8 +121,9 @@ def compute_fisher(
                 allowed.append(_class_mask(out.shape[1], classes, out.device))
             return out.masked_fill(~allowed[0], torch.finfo(out.dtype).min)
 
-    return fisher_diagonal(model, x, y, estimator=estimator, logits=logits, samples=samples, batch_size=batch_size,
-                           generator=generator)
+    with torch_threads(threads):
+        return fisher_diagonal(model, x, y, estimator=estimator, logits=logits, samples=samples,
+                               batch_size=batch_size, generator=generator)
 
 
 def _check_names(model: nn.Module, names: Sequence[str], what: str) -> None:
@@ -232,10 +262,11 @@ class Chosen:
 
     def fisher(self, model: nn.Module, x: Tensor, y: Tensor, *, classes: Sequence[int] | None = None,
                generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """The Fisher with the chosen estimator and sample count, on your source data."""
+        """The Fisher with the chosen estimator and sample count, on your source data, on the config's
+        ``threads`` (default 1)."""
         c = self.config
         return compute_fisher(model, x, y, estimator=c.fisher, classes=classes, samples=c.fisher_samples,
-                              batch_size=c.batch_size, generator=generator)
+                              batch_size=c.batch_size, generator=generator, threads=c.threads)
 
     def ewc(self, model: nn.Module, fisher: dict[str, Tensor]) -> EWCPenalty:
         c = self.config
@@ -264,9 +295,7 @@ def from_chosen(path: str | os.PathLike[str]) -> Chosen:
     Raises:
         ConfigError: the file is missing, not YAML, or its config is invalid; one line.
     """
-    import yaml
-
     config = TrainConfig.from_yaml(path)
-    document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    document = read_yaml(Path(path).expanduser(), "config")  # as from_yaml read it: bounded, no key twice
     evidence = document.get("evidence") if isinstance(document, dict) else None
     return Chosen(config, dict(evidence) if isinstance(evidence, dict) else {}, str(path))

@@ -31,6 +31,7 @@ from sweep.hparams import (  # noqa: F401 - the choice lists, importable from he
     SCENARIOS,
     TORCHVISION_MODELS,
 )
+from sweep.reading import read_regular
 
 
 class _TrainConfigMethods:
@@ -60,6 +61,7 @@ class _TrainConfigMethods:
         weight_decay: float
         seed: int
         strategy: str
+        threads: int
         ewc_lambda: float
         fisher: str
         fisher_samples: int | None
@@ -127,12 +129,54 @@ else:
     )
 
 
-def read_yaml(path: Path, what: str) -> Any:
-    """``yaml.safe_load`` of a file, every failure a one-line ConfigError naming the file."""
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that names one key twice: YAML would keep the last value and drop the first silently."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(None, None, f"duplicate key {key!r}", again)
+        self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping naming a key twice (merge keys ``<<`` aside)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: SafeLoader names it below
+                    continue
+                if first is not key_node.start_mark:
+                    raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load(text)``, refusing a mapping that names a key twice (:class:`DuplicateKeyError`)."""
+    loader = UniqueKeyLoader(text)
     try:
-        return yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in a file, every failure a one-line ConfigError naming the file.
+
+    The file must be a regular one within :data:`sweep.reading.LIMITS` (a device or a pipe would
+    never end), UTF-8, valid YAML without Python tags, and no mapping in it may name a key twice.
+    """
+    data = read_regular(path, what, "yaml", ConfigError)
+    try:
+        return safe_load_unique(data.decode("utf-8"))
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}: duplicate key {err.key!r} on line {err.line} (first on line {err.first_line}); "
+                          "a YAML mapping keeps only the last value: keep one") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     except UnicodeDecodeError:

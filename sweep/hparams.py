@@ -16,20 +16,25 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, did_you_mean
 from sweep.strategies.specs import EVERY_STRATEGY, EWC_MODES, FISHER_ESTIMATORS, STRATEGY_ROWS
 
 HYPERPARAMETER = "hyperparameter"  # changes what a trial learns; may be searched; the column hp_<name>
 SETTING = "setting"  # what a study asks (benchmark, model) or where and how it runs (seed, data root)
 
 # class: one head, no task id at test time; task: logits restricted to the task's classes; domain: one
-# label space shared by every task (see DESIGN.md)
+# label space shared by every task (see docs/design.md)
 SCENARIOS = ("class", "task", "domain")
 OPTIMIZERS = ("adam", "sgd")
+# the built-in benchmarks and strategies, torch-free (the help lists them); tests keep them equal to
+# sweep.data.benchmarks.BENCHMARKS and sweep.strategies.registry.STRATEGIES
+STRATEGY_NAMES = tuple(STRATEGY_ROWS)
+BENCHMARK_NAMES = ("split-digits", "split-mnist", "permuted-mnist", "mnist-fashion", "fashion-mnist", "split-cifar10",
+                   "split-fashion")
 MODELS = ("mlp", "cnn")
 # torchvision architectures built with weights=None; frozen_layers counts stem, layer1..layer4, head
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50")
@@ -107,6 +112,11 @@ class HParam:
         per_sweep: A setting given once per sweep on the command line, never in a (reusable) search space.
         recorded: False: left out of the results' config column (the seeds column has the seeds; a
             data root is a path on the machine that ran the sweep).
+        names: What the help lists as allowed when the values are not :attr:`choices` (they are checked
+            where they are built: a strategy may compose, a benchmark may be ``module:function``).
+        active_when: Other fields' values this one needs to act at all (``{"ewc_mode": "online"}``:
+            a value or a tuple of values per field); otherwise it is inert, and a search space that
+            searches it while fixing those fields otherwise is refused.
     """
 
     name: str
@@ -124,11 +134,24 @@ class HParam:
     path: str = ""
     per_sweep: bool = False
     recorded: bool = True
+    active_when: dict[str, Any] = field(default_factory=dict, compare=False)
+    names: str = ""  # the help's allowed values where they are not choices (a composed strategy, a benchmark)
     bounds: Range | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         if self.range:  # parsed once, when the table is built: a typo fails on import
             object.__setattr__(self, "bounds", Range.parse(self.range))
+        object.__setattr__(self, "active_when", {name: tuple(v) if isinstance(v, (tuple, list)) else (v,)
+                                                 for name, v in self.active_when.items()})
+
+    def inert_because(self, values: Mapping[str, Any]) -> str | None:
+        """Why this field cannot act when the other fields hold ``values`` (a field absent from them is
+        not known: no reason); None when it may act."""
+        for name, needed in self.active_when.items():
+            if name in values and values[name] not in needed:
+                wanted = " or ".join(repr(v) for v in needed)
+                return f"{self.name} acts only when {name} is {wanted}, and {name} is {values[name]!r}"
+        return None
 
     @property
     def annotation(self) -> Any:
@@ -161,7 +184,8 @@ class HParam:
                 raise ConfigError(f"{label} values must each be {self.bounds.describe()}, got {list(value)}")
         elif self.type is str:
             if self.choices and value not in self.choices and not (self.entry_point and ENTRY_POINT.match(value)):
-                raise ConfigError(f"{label} {value!r} is unknown; allowed: {self._choices_text()}")
+                raise ConfigError(f"{label} {value!r} is unknown; allowed: {self._choices_text()}"
+                                  f"{did_you_mean(value, self.choices)}")
             if self.path == "file" and not value.strip():
                 raise ConfigError(f"{label} must be a path to a file, got {value!r}")
             if self.path and value:
@@ -194,6 +218,8 @@ class HParam:
             text = "comma-separated integers" + (f", each {self.bounds.describe()}" if self.bounds else "")
         elif self.choices:
             text = f"one of {self._choices_text()}"
+        elif self.names:
+            text = self.names
         elif self.bounds is not None:
             text = self.bounds.describe()
         elif self.path:
@@ -232,8 +258,9 @@ def _block(owner: str, rows: Iterable[HParam]) -> tuple[HParam, ...]:
 
 # --- the rows: data, model, trainer, then each strategy's block; TrainConfig's fields in this order
 _DATA = (
-    HParam("benchmark", str, "split-digits", "the task sequence: split-digits (offline), split-mnist, permuted-mnist, "
-           "mnist-fashion, split-fashion, or your tasks as module:function", kind=SETTING, per_sweep=True),
+    HParam("benchmark", str, "split-digits", "the task sequence; split-digits (scikit-learn's 8x8 digits) needs no "
+           "download, the others read or download torchvision's files", kind=SETTING, per_sweep=True,
+           names=f"one of {', '.join(BENCHMARK_NAMES)}, or module:function"),
     HParam("scenario", str, "task", "class: one head, no task id at test; task: logits restricted to the task's "
            "classes, where EWC/LwF/L2-SP trade-offs show; domain: one shared label space", choices=SCENARIOS,
            kind=SETTING, per_sweep=True),
@@ -273,7 +300,10 @@ _TRAINER = (  # the trainer owns every optimizer step
     HParam("seed", int, 0, "seed of the run's random generator; a sweep sets it from --seeds", range=f"0..{MAX_SEED}",
            kind=SETTING, per_sweep=True, recorded=False),
     HParam("strategy", str, "naive", "the mitigation: '+'-joined components, e.g. ewc+replay+freeze", kind=SETTING,
-           per_sweep=True),
+           per_sweep=True, names=f"one of {', '.join(STRATEGY_NAMES)}, or several joined with '+'"),
+    HParam("threads", int, 1, "torch CPU threads of the run; 1 cannot oversubscribe a busy machine and these small "
+           "models gain little from more (a sweep's trial uses its --cpus-per-trial); changes how fast, not what it "
+           "learns", range="1..1024", kind=SETTING, per_sweep=True, recorded=False),
 )
 
 ROWS: tuple[HParam, ...] = (

@@ -1,7 +1,7 @@
-"""Forgetting metrics: pure functions of the accuracy matrix, exactly as DESIGN.md defines them.
+"""Forgetting metrics: pure functions of the accuracy matrix, exactly as docs/design.md defines them.
 
 ``R`` is a (T, T) array with ``R[t, i]`` = accuracy on task i after training through task t
-(0-based here; DESIGN.md counts from 1). ``initial`` is the (T,) accuracy of the untrained model.
+(0-based here; docs/design.md counts from 1). ``initial`` is the (T,) accuracy of the untrained model.
 Nothing here knows about torch, and nothing changes its input.
 """
 
@@ -55,7 +55,7 @@ def forward_transfer(R: ArrayLike, initial: ArrayLike) -> float:
 def forgetting(R: ArrayLike) -> float:
     """FM = mean over i < T of ``max_{t < T} R[t, i] - R[T, i]``.
 
-    The max runs over every t < T, as DESIGN.md states; rows before task i is trained hold
+    The max runs over every t < T, as docs/design.md states; rows before task i is trained hold
     that task's untrained accuracy, which is almost always below what it reaches later.
     """
     R = _matrix(R)

@@ -110,7 +110,7 @@ def write_study(
 
 
 def matrix_metrics(matrix: np.ndarray) -> dict[str, float]:
-    """The metrics of DESIGN.md from one ``(T+1, T)`` accuracy matrix whose row 0 is the untrained model."""
+    """The metrics of docs/design.md from one ``(T+1, T)`` accuracy matrix whose row 0 is the untrained model."""
     tasks = matrix.shape[1]
     final, diagonal = matrix[tasks], np.array([matrix[t + 1, t] for t in range(tasks)])
     old = range(tasks - 1)

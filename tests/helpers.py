@@ -28,7 +28,7 @@ def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None,
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", **(extra or {}))
+    env.update(RAY_USAGE_STATS_ENABLED="0", **(extra or {}))
     env.pop("RAY_ADDRESS", None)
     return env
 

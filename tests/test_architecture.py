@@ -4,7 +4,7 @@ The graph is read with ``ast`` from every module of ``sweep`` (nothing is import
 imports inside functions, ``from x import y`` where ``y`` is a submodule, relative imports and
 ``importlib.import_module("literal")``. The stages, in order (docs: ARCHITECTURE.md):
 
-floor (``sweep``, ``errors``, ``hparams``, ``config``, ``metrics``, ``atomic``, ``strategies/specs.py``
+floor (``sweep``, ``errors``, ``hparams``, ``config``, ``metrics``, ``atomic``, ``reading``, ``strategies/specs.py``
 and the empty ``strategies/__init__.py``), ``data``, ``models``, ``strategies``, ``train``,
 ``results``, ``tune``, ``analysis``, ``commands`` (and ``cli.py``), ``api.py``.
 """
@@ -26,6 +26,7 @@ PACKAGE = "sweep"
 
 STAGES = ("floor", "data", "models", "strategies", "train", "results", "tune", "analysis", "commands", "api")
 FLOOR = frozenset({"sweep", "sweep.errors", "sweep.hparams", "sweep.config", "sweep.metrics", "sweep.atomic",
+                   "sweep.reading",
                    "sweep.strategies", "sweep.strategies.specs"})
 SINGLE_FILES = {"sweep.cli": "commands", "sweep.api": "api"}
 

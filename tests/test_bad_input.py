@@ -63,6 +63,14 @@ def build_world(w: Path) -> None:
     fake_mnist(w / "data" / "small", **{"train-images-idx3-ubyte": idx_bytes(np.zeros((50, 14, 14), np.uint8))})
     fake_mnist(w / "data" / "count", **{"train-labels-idx1-ubyte": idx_bytes(np.zeros(49, np.uint8))})
     fake_mnist(w / "data" / "gzip", **{"t10k-labels-idx1-ubyte.gz": gzip.compress(b"x" * 100)[:20]})
+    # a 100 kB gzip file whose header declares 60 million 28x28 images (47 GB): refused from the header alone
+    # (test_input_hardening.py has one that really expands to more than a gigabyte)
+    bomb = bytes([0, 0, 0x08, 3]) + np.asarray([60_000_000, 28, 28], dtype=">u4").tobytes() + bytes(100_000)
+    fake_mnist(w / "data" / "bomb", **{"train-images-idx3-ubyte.gz": gzip.compress(bomb)})
+    dims255 = bytes([0, 0, 0x08, 255]) + bytes([0, 0, 0, 1]) * 255  # 255 dimensions of size 1
+    fake_mnist(w / "data" / "dims255", **{"train-images-idx3-ubyte": dims255})
+    fake_mnist(w / "data" / "no-images", **{"train-images-idx3-ubyte": idx_bytes(np.zeros((0, 28, 28), np.uint8)),
+                                            "train-labels-idx1-ubyte": idx_bytes(np.zeros(0, np.uint8))})
 
     files = {
         # search spaces
@@ -79,6 +87,13 @@ def build_world(w: Path) -> None:
         "space/empty.yaml": "",
         "space/nested.yaml": "strategy: naive\nparams: " + "[" * 5000 + "]" * 5000 + "\n",
         "space/python-tag.yaml": "strategy: !!python/object/apply:os.system ['touch {w}/pwned']\n",
+        "space/no-params.yaml": "strategy: naive\nfixed: {epochs: 1}\nparams: {}\n",
+        "space/duplicate.yaml": "strategy: naive\nparams:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n"
+                                "  lr: {type: float, low: 1.0e-3, high: 1.0e-1}\n",
+        "space/inert-gamma.yaml": "strategy: ewc\nfixed: {ewc_mode: separate}\nparams:\n"
+                                  "  ewc_gamma: {type: float, low: 0.1, high: 0.9}\n",
+        "space/online-gamma.yaml": "strategy: ewc\nfixed: {ewc_mode: online}\nparams:\n"
+                                   "  ewc_gamma: {type: float, low: 0.1, high: 0.9}\n",
         # chosen.yaml and other configs for `sweep train --config`
         "chosen/unknown-key.yaml": "config: {strategy: ewc, ewc_lamda: 10.0}\nevidence: {}\n",
         "chosen/string-number.yaml": "config: {lr: 1e-4}\n",
@@ -87,6 +102,16 @@ def build_world(w: Path) -> None:
         "chosen/out-of-range.yaml": "config: {strategy: distill, distill_alpha: 1.5}\n",
         "chosen/python-tag.yaml": "config: !!python/object/apply:os.system ['touch {w}/pwned']\n",
         "chosen/bool-epochs.yaml": "config: {epochs: true}\n",
+        "chosen/duplicate.yaml": "config:\n  lr: 0.1\n  epochs: 2\n  lr: 0.01\n",
+        # a user's benchmark whose first task has no training data, returned as a ready Benchmark
+        "empty_train_tasks.py": "import torch\nfrom sweep.data.tasks import Benchmark, Split, Task\n\n\n"
+                                "def build():\n"
+                                "    empty = Split(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))\n"
+                                "    some = Split(torch.rand(20, 4), torch.arange(20) % 2)\n"
+                                "    tasks = (Task('a', (0, 1), empty, some, some),\n"
+                                "             Task('b', (0, 1), some, some, some))\n"
+                                "    return Benchmark(name='empty', scenario='task', tasks=tasks, num_classes=2, "
+                                "input_shape=(4,), info={})\n",
     }
     for name, text in files.items():
         (w / name).parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +131,11 @@ def build_world(w: Path) -> None:
     data = (studies / "torn-accuracy" / "accuracy.parquet").read_bytes()
     (studies / "torn-accuracy" / "accuracy.parquet").write_bytes(data[: len(data) // 2])
     (w / "not-a-study").mkdir()
+    make_study(studies, "string-metric", n_trials=3)  # a metric column of strings: "0.93" is not a number
+    table = pq.read_table(studies / "string-metric" / "trials.parquet")
+    table = table.set_column(table.schema.get_field_index("val_stability_mean"), "val_stability_mean",
+                             pa.array([str(v) for v in table.column("val_stability_mean").to_pylist()]))
+    pq.write_table(table, studies / "string-metric" / "trials.parquet")
     make_study(studies, "schema-1", n_trials=3)  # written by the previous version: no config column
     old = pq.read_table(studies / "schema-1" / "trials.parquet").drop(["config"])
     old = old.set_column(old.schema.get_field_index("schema_version"), "schema_version",
@@ -129,6 +159,7 @@ def build_world(w: Path) -> None:
     torn = (w / "results" / "torn-trials" / "trials.parquet").read_bytes()
     (w / "results" / "torn-trials" / "trials.parquet").write_bytes(torn[: len(torn) - 200])
     (w / "results" / "no-meta").mkdir()
+    (w / "results" / "a-file").write_text("not a folder")
     (w / "results" / "no-meta" / "notes.txt").write_text("not a study")
 
 
@@ -226,6 +257,13 @@ CASES = [
     cli("train: unknown device", "tpu", "train", "--device", "tpu"),
     cli("train: unknown optimizer", "rmsprop", "train", "--optimizer", "rmsprop"),
     cli("train: class order of 3 classes", "class_order", "train", "--class-order", "0,1,2"),
+    cli("train: meta device", "meta", "train", "--device", "meta"),
+    # 8 layers of 65536: 34 billion parameters, far more memory than any test machine has (estimated, never allocated)
+    cli("train: model larger than memory", "hidden", "train", "--hidden", ",".join(["65536"] * 8)),
+    cli("train: val fraction under one sample per class", "minimum", "train", "--val-fraction", "0.0001"),
+    cli("train: pretrained /dev/zero", "character device", "train", "--pretrained", "/dev/zero"),
+    cli("train: benchmark calls sys.exit", "sys.exit", "train", "--benchmark", "sys:exit"),
+    cli("train: a task without training data", "no training data", "train", "--benchmark", "empty_train_tasks:build"),
     # sweep train --config: chosen.yaml and other config files
     cli("chosen: missing file", "missing.yaml", "train", "--config", "{w}/chosen/missing.yaml"),
     cli("chosen: a folder", "chosen", "train", "--config", "{w}/chosen"),
@@ -237,12 +275,17 @@ CASES = [
     cli("chosen: python tag", "not valid YAML", "train", "--config", "{w}/chosen/python-tag.yaml"),
     cli("chosen: bool for int", "epochs", "train", "--config", "{w}/chosen/bool-epochs.yaml"),
     cli("chosen: binary file", "UTF-8", "train", "--config", "{w}/chosen/binary.yaml"),
+    cli("chosen: /dev/zero", "character device", "train", "--config", "/dev/zero"),
+    cli("chosen: duplicate key", "duplicate key 'lr' on line 4", "train", "--config", "{w}/chosen/duplicate.yaml"),
     # data files, through sweep train --benchmark split-mnist --data-root
     cli("idx: truncated images", "truncated", *TRAIN_MNIST, "{w}/data/truncated"),
     cli("idx: wrong magic number", "magic number", *TRAIN_MNIST, "{w}/data/magic"),
     cli("idx: 14x14 images", "(50, 14, 14)", *TRAIN_MNIST, "{w}/data/small"),
     cli("idx: 49 labels for 50 images", "49 labels", *TRAIN_MNIST, "{w}/data/count"),
     cli("idx: corrupt gzip", "gzip", *TRAIN_MNIST, "{w}/data/gzip"),
+    cli("idx: gzip declaring 47 GB", "IDX files are read up to 1 GB", *TRAIN_MNIST, "{w}/data/bomb"),
+    cli("idx: 255 dimensions", "255 dimensions", *TRAIN_MNIST, "{w}/data/dims255"),
+    cli("idx: 0 images", "0 images", *TRAIN_MNIST, "{w}/data/no-images"),
     # sweep run: flags
     cli("run: unknown objective", "best", *RUN, "--objective", "best"),
     cli("run: min plasticity 0", "--min-plasticity", *RUN, "--min-plasticity", "0"),
@@ -250,6 +293,17 @@ CASES = [
     cli("run: zero concurrency", "--max-concurrent", *RUN, "--max-concurrent", "0"),
     cli("run: zero epochs", "--epochs", *RUN, "--epochs", "0"),
     cli("run: address without port", "localhost", *RUN, "--address", "localhost"),
+    cli("run: nan CPUs per trial", "--cpus-per-trial", *RUN, "--cpus-per-trial", "nan"),
+    cli("run: nan GPUs per trial", "--gpus-per-trial", *RUN, "--gpus-per-trial", "nan"),
+    cli("run: 1e-300 CPUs per trial", "--cpus-per-trial", *RUN, "--cpus-per-trial", "1e-300"),
+    cli("run: negative sampler seed", "--sampler-seed", *RUN, "--sampler-seed", "-1"),
+    cli("run: sampler seed 2**64", "--sampler-seed", *RUN, "--sampler-seed", str(2**64)),
+    cli("run: 1e11 seeds", "--seeds", *RUN, "--seeds", str(10**11)),
+    cli("run: pretrained /dev/zero", "character device", *RUN, "--pretrained", "/dev/zero"),
+    cli("run: study name of 300 characters", "300 characters", *RUN, "--study", "s" * 300),
+    cli("run: study name with a newline", "control character", *RUN, "--study", "two\nlines"),
+    cli("run: study naming a file", "a-file", *RUN, "--study", "a-file"),
+    cli("run: model larger than memory", "hidden", *RUN, "--hidden", ",".join(["65536"] * 8)),
     # sweep run: search-space YAML
     cli("space: not YAML", "not valid YAML", *RUN, "--space", "{w}/space/bad-yaml.yaml"),
     cli("space: params a list", "params", *RUN, "--space", "{w}/space/params-list.yaml"),
@@ -266,6 +320,13 @@ CASES = [
     cli("space: nested too deeply", "nested", *RUN, "--space", "{w}/space/nested.yaml"),
     cli("space: python tag", "not valid YAML", *RUN, "--space", "{w}/space/python-tag.yaml"),
     cli("space: binary file", "UTF-8", *RUN, "--space", "{w}/space/binary.yaml"),
+    cli("space: /dev/zero", "character device", *RUN, "--space", "/dev/zero"),
+    cli("space: empty params", "params is empty", *RUN, "--space", "{w}/space/no-params.yaml"),
+    cli("space: duplicate key", "duplicate key 'lr' on line 4", *RUN, "--space", "{w}/space/duplicate.yaml"),
+    cli("space: searched ewc_gamma inert", "ewc_gamma", "run", "--strategy", "ewc", "--space",
+        "{w}/space/inert-gamma.yaml", "--results", "{w}/results"),
+    cli("run: --ewc-mode makes a searched ewc_gamma inert", "--ewc-mode", "run", "--strategy", "ewc", "--space",
+        "{w}/space/online-gamma.yaml", "--ewc-mode", "separate", "--results", "{w}/results"),
     cli("space: another strategy's", "'ewc'", "run", "--strategy", "naive", "--space",
         str(REPO / "search_spaces" / "ewc.yaml"), "--results", "{w}/results"),
     # sweep run --resume: study.json and Parquet files
@@ -278,6 +339,7 @@ CASES = [
     cli("choose: wrong schema", "lacks column", "choose", "{w}/studies/wrong-schema"),
     cli("choose: CSV named .parquet", "trials.parquet", "choose", "{w}/studies/csv"),
     cli("choose: empty trials.parquet", "trials.parquet", "choose", "{w}/studies/empty-file"),
+    cli("choose: metric column of strings", "val_stability_mean", "choose", "{w}/studies/string-metric"),
     cli("choose: unknown split", "train", "choose", "{w}/studies/good", "--split", "train"),
     cli("choose: unknown reference", "nave", "choose", "{w}/studies/good", "--constraint", "plasticity >= nave"),
     cli("choose: maximize and minimize", "--minimize", "choose", "{w}/studies/good", "--maximize", "stability",
@@ -305,12 +367,22 @@ CASES = [
     api("load_study: wrong schema", "lacks column", ResultsError,
         lambda w: _load_study(w / "studies" / "wrong-schema")),
     api("load_study: not a study", "no study", ResultsError, lambda w: _load_study(w / "not-a-study")),
+    api("load_study: metric column of strings", "val_stability_mean", ResultsError,
+        lambda w: _load_study(w / "studies" / "string-metric")),
     api("StudyStore: truncated", "trials.parquet", ResultsError, lambda w: _study_store(w / "results" / "torn-trials")),
     api("StudyStore: CSV", "trials.parquet", ResultsError, lambda w: _study_store(w / "studies" / "csv")),
     api("StudyStore: previous schema version", "schema_version [1]", ResultsError,
         lambda w: _study_store(w / "studies" / "schema-1")),
     api("parse_constraint: dangling operator", "plasticity >= 1 +", ConfigError,
         lambda w: _parse_constraint("plasticity >= 1 +")),
+    api("parse_constraint: 60k characters", "bad constraint", ConfigError,
+        lambda w: _parse_constraint("stability >= 1" + " " * 60_000 + "+")),
+    api("build_benchmark: val fraction under one sample per class", "minimum", SweepError,
+        lambda w: _build_benchmark("split-digits", val_fraction=0.0001)),
+    api("load_space: duplicate key", "duplicate key 'lr'", ConfigError,
+        lambda w: _load_space(w / "space" / "duplicate.yaml")),
+    api("run_sweep: nan CPUs per trial", "--cpus-per-trial", ConfigError,
+        lambda w: _run_sweep(w, strategy="naive", cpus_per_trial=float("nan"))),
     api("run_sweep: zero trials", "--trials", ConfigError, lambda w: _run_sweep(w, trials=0)),
     api("run_sweep: nested study", "a/b", ConfigError, lambda w: _run_sweep(w, study="a/b")),
     api("run_sweep: unknown sampler", "grid", ConfigError, lambda w: _run_sweep(w, sampler="grid")),

@@ -16,8 +16,8 @@ import pytest
 
 from tests.helpers import REPO, cli_env
 
-ROWS = ("trial_speed", "trial_accuracy", "fisher_speed", "fisher_error", "fisher_vs_epoch", "sweep_overhead",
-        "memory", "prefix_reuse")
+ROWS = ("trial_speed", "trial_accuracy", "fisher_speed", "fisher_error", "fisher_vs_epoch", "threads_under_load",
+        "sweep_overhead", "memory", "prefix_reuse")
 
 
 @pytest.mark.slow

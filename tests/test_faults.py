@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import time
@@ -21,7 +22,15 @@ import pytest
 from sweep.commands.run import end_front
 from sweep.errors import SweepError
 from sweep.results.store import LOCK_FILE, StudyStore, acquire_study_lock, release_study_lock
-from tests.faults import PAUSE_AFTER_WRITE_ENV, PAUSE_IN_WRITE_ENV, PID_DIR_ENV, fault_env, raising_at_lr
+from tests.faults import (
+    PAUSE_AFTER_WRITE_ENV,
+    PAUSE_IN_WRITE_ENV,
+    PHASES,
+    PID_DIR_ENV,
+    SIGNAL_AT_ENV,
+    fault_env,
+    raising_at_lr,
+)
 from tests.helpers import parquet_rows, run_cli, session_pids, start_cli, stop_session, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -117,7 +126,7 @@ def test_sigkill_between_trials_and_while_writing_then_resume(tmp_path: Path):
     loaded = load_study(study)
     assert len(loaded.trials) == 2 and loaded.accuracy.trial_id.nunique() == 2
 
-    resumed = run_cli(*args, "--resume", timeout=240)
+    resumed = run_cli(*args, "--resume", timeout=480)  # two trials and a Ray start, on a machine others share
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     check_study(study, search=3)  # the trial left RUNNING by kill 1 is COMPLETE, with its row's values
     after = pq.read_table(study / "trials.parquet").to_pandas()
@@ -163,13 +172,53 @@ def test_sigterm_stops_the_sweep_like_ctrl_c(tmp_path: Path):
         stop_session(proc.pid)
 
 
+# a line of one of Ray's own processes, which Ray prints on the driver's stderr with their name:
+# "(raylet) ...", "(pid=123) ...", "(tune_trainable pid=123, ip=...) ..."
+RAY_PROCESS_LINE = re.compile(r"^\((raylet|gcs_server|pid=\d+|[\w.:]+ pid=\d+)[^)]*\) ")
+
+
+def driver_lines(out: str) -> list[str]:
+    """The driver's own output: without the lines Ray forwards from its processes (a SIGINT to the whole
+    process group reaches Ray's workers and raylet too, and what they print of it is theirs, not the sweep's)."""
+    return [line for line in out.splitlines() if not RAY_PROCESS_LINE.match(line)]
+
+
 def check_interrupted(out: str, sid: int, results: Path, study: str) -> None:
-    assert "Traceback" not in out
-    resume = next(line for line in out.splitlines() if "Resume with:" in line)
+    lines = driver_lines(out)
+    assert not [line for line in lines if "Traceback" in line], out
+    resume = next(line for line in lines if "Resume with:" in line)
     assert "--resume" in resume and f"--study {study}" in resume and str(results) in resume
     assert wait_until(lambda: session_pids(sid) == [], 30), session_pids(sid)  # no Ray process left
     assert not (results / study / LOCK_FILE).exists()  # released on the way out
     assert not list((results / study).glob(".*.tmp"))
+    assert not (results / study / "optuna.journal.lock").exists()  # Optuna's own lock file, released too
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_sigterm_at_each_start_up_phase_exits_143_in_one_line_and_leaves_a_resumable_study(tmp_path: Path,
+                                                                                          phase: str):
+    """SIGTERM sent by the driver to itself at one phase boundary (tests/faults/sitecustomize.py): deterministic,
+    no sleeping. Whatever the unwinding raises, the command exits 143 with one line, releases both locks,
+    stops its Ray, and the study resumes to a consistent end."""
+    args = sweep_args(tmp_path, "phase", trials=1)
+    if phase == "before_fit":  # the references' fit is the sweep's first
+        args.remove("--no-references")
+    study = tmp_path / "phase"
+    proc = start_cli(*args, env=fault_env(**{SIGNAL_AT_ENV: phase}))
+    try:
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 143, out
+        said = [line for line in driver_lines(out) if line.startswith("sweep ")]  # the command's own lines
+        assert len(said) == 1 and said[0].startswith("sweep run: interrupted"), out
+        check_interrupted(out, proc.pid, tmp_path, "phase")
+    finally:
+        stop_session(proc.pid)
+    if not (study / "study.json").exists():  # stopped before the study was written: nothing is left of it,
+        assert not study.exists(), sorted(p.name for p in study.iterdir())  # and `--resume` starts it anew
+        return
+    resumed = run_cli(*args, "--resume", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    check_study(study, search=1)
 
 
 # --- a trial's worker process killed

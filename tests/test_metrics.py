@@ -1,4 +1,4 @@
-"""Metrics on hand-worked accuracy matrices (DESIGN.md's definitions, 1-based there, 0-based here)."""
+"""Metrics on hand-worked accuracy matrices (docs/design.md's definitions, 1-based there, 0-based here)."""
 
 from __future__ import annotations
 

@@ -161,7 +161,7 @@ def test_no_training_sample_is_written_and_clean_keeps_only_results(ray_session,
                    for t in schema.types), schema
 
     before = load_study(study).trials
-    (study / ".trials.parquet.x1y2.tmp").write_bytes(b"a torn write")
+    (study / ".trials.parquet.0123456789abcdef.tmp").write_bytes(b"a torn write")  # the pattern of sweep.atomic's
     result = run_cli("clean", str(study), timeout=120)
     assert result.returncode == 0, result.stderr
     kept = sorted(p.name for p in study.iterdir())

@@ -148,7 +148,7 @@ def _pick(
     )
     trial_ids = rows["trial_id"].astype(str).to_numpy()
     if not ok.any():
-        violation = np.where(np.isfinite(margins), np.maximum(-margins, 0.0), np.inf).sum(axis=1)
+        violation = np.where(np.isnan(margins), np.inf, np.maximum(-margins, 0.0)).sum(axis=1)  # +inf margin: met
         return min(range(len(rows)), key=lambda i: (violation[i], -score[i], trial_ids[i])), ()
     candidates = np.flatnonzero(ok)
     # best objective, then the better partner objective, then the smaller trial id: deterministic

@@ -210,15 +210,10 @@ def read_chosen_config(path: str | os.PathLike[str]) -> dict[str, object]:
     Raises:
         ConfigError: the file is missing, not YAML, or has no ``config`` mapping.
     """
-    import yaml
+    from sweep.config import read_yaml  # with pyyaml: building the CLI parser stays light
 
     file = Path(path)
-    try:
-        document = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"cannot read {file}: {err.strerror or err}") from err
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
-        raise ConfigError(f"{file} is not valid YAML ({type(err).__name__})") from err
+    document = read_yaml(file, "chosen config")  # bounded, a regular file, no key given twice
     config = document.get("config") if isinstance(document, dict) else None
     if not isinstance(config, dict):
         raise ConfigError(f"{file} has no 'config' mapping (expected the layout sweep choose writes)")

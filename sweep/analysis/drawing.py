@@ -20,9 +20,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 110
+# hollow: a trial at the reference's point (a setting with no effect) stays visible through it
 REFERENCE_STYLE = {
-    "naive": {"marker": "X", "color": "black", "label": "naive fine-tuning (reference)"},
-    "joint": {"marker": "*", "color": "tab:green", "label": "joint training (reference)"},
+    "naive": {"marker": "X", "color": "black", "markerfacecolor": "none", "markeredgewidth": 1.2,
+              "label": "naive fine-tuning (reference)"},
+    "joint": {"marker": "*", "color": "tab:green", "markerfacecolor": "none", "markeredgewidth": 1.2,
+              "label": "joint training (reference)"},
 }
 
 

@@ -19,14 +19,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sweep.atomic import atomic_write
+from sweep.atomic import atomic_write, check_regular_target
 from sweep.errors import ResultsError
 from sweep.hparams import BY_NAME
+from sweep.reading import check_regular
 from sweep.results import schema
 from sweep.results.schema import ACCURACY_FILE, TRIALS_FILE
 
 # how a hyperparameter column reads when a file lacks it: as pandas reads a column of nulls of its type
 _HP_DTYPES = {f"hp_{name}": "object" if BY_NAME[name].type is str else "float64" for name in schema.HYPERPARAMETERS}
+# columns that hold numbers in both files: every metric, the Fisher, durations, counts, accuracy rows' indices
+_NUMERIC = frozenset({
+    *(schema.metric_column(s, m, stat) for s in schema.SPLITS for m in schema.METRICS for stat in ("mean", "std")),
+    "fisher_mean", "fisher_trace", "duration_s", "n_seeds", "num_tasks", "schema_version",
+    *(column for column, dtype in _HP_DTYPES.items() if dtype == "float64"),
+    "seed", "after_task", "eval_task", "accuracy",
+})
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,15 +97,15 @@ def load_study(path: str | os.PathLike[str]) -> Study:
             missing; another ``schema_version``; an unknown status or role; a duplicated trial id.
     """
     folder = Path(path)
-    if folder.name == TRIALS_FILE and folder.is_file():
+    if folder.name == TRIALS_FILE and not folder.is_dir():
         folder = folder.parent
     trials_file = folder / TRIALS_FILE
-    if not trials_file.is_file():
+    if not (trials_file.exists() or trials_file.is_symlink()):  # a device or a pipe there is named as such below
         raise ResultsError(f"no study at {folder}: expected {trials_file}")
     trials = _read_checked(trials_file, schema.TRIALS_COLUMNS)
     _check_values(trials_file, trials)
     accuracy_file = folder / ACCURACY_FILE
-    if accuracy_file.is_file():
+    if accuracy_file.exists() or accuracy_file.is_symlink():
         accuracy = _read_checked(accuracy_file, schema.ACCURACY_COLUMNS)
         # the sweep writes accuracy rows before their trial's row; a kill in between leaves rows
         # of a trial that was never recorded, which are not part of the study
@@ -130,6 +138,9 @@ def load_studies(paths: Iterable[str | os.PathLike[str]]) -> list[Study]:
 
 
 def _read_checked(file: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    # a regular file within the Parquet cap: a device or a pipe named trials.parquet is refused unread (read
+    # by its path then: Arrow reading from a Python buffer can abort the interpreter at exit)
+    check_regular(file, "results file", "parquet", ResultsError)
     try:
         table = pq.read_table(file)
     except (pa.ArrowException, OSError) as err:
@@ -143,6 +154,7 @@ def _read_checked(file: Path, required: tuple[str, ...]) -> pd.DataFrame:
                 f"{file} has schema_version {found}; this sweep reads version {schema.SCHEMA_VERSION}:"
                 " analyse it with the sweep version that wrote it, or re-run the study"
             )
+    _check_numeric(file, table)
     missing = [column for column in required if column not in columns]
     # a hyperparameter column the file lacks was added after it was written: null, the default of its time;
     # any other column missing, and the file is of another schema (every missing column is named)
@@ -159,6 +171,17 @@ def _read_checked(file: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
+def _check_numeric(file: Path, table: pa.Table) -> None:
+    """Refuse a column of numbers that holds something else (strings: "0.93" is not a metric)."""
+    for name in table.column_names:
+        if name not in _NUMERIC:
+            continue
+        kind = table.schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
+            raise ResultsError(f"{file}: column {name} holds {kind} values; it must hold numbers "
+                               "(a file this sweep did not write?)")
+
+
 def _check_values(file: Path, trials: pd.DataFrame) -> None:
     for column, allowed in (("status", schema.STATUSES), ("role", schema.ROLES)):
         bad = sorted({str(v) for v in trials[column]} - set(allowed))
@@ -171,9 +194,9 @@ def _check_values(file: Path, trials: pd.DataFrame) -> None:
 
 
 def _write_via_tmp(path: Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Create ``path``'s folder and write it atomically; OSError -> one-line ResultsError."""
-    if path.is_dir():
-        raise ResultsError(f"cannot write {path}: it is a directory; give a file name")
+    """Create ``path``'s folder and write it atomically; OSError -> one-line ResultsError. Only a regular file is
+    ever replaced: a directory, a link, a device, a fifo at ``path`` is refused in one line (NotARegularFile)."""
+    check_regular_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write(path, write)
@@ -192,7 +215,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
         The destination path.
 
     Raises:
-        ResultsError: the destination is a directory or cannot be written.
+        NotARegularFile: the destination exists and is not a regular file (a directory, a link, a device...).
+        ResultsError: the destination cannot be written.
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
 

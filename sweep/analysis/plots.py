@@ -209,12 +209,13 @@ def _draw_study(
         )
     naive = study.reference("naive")
     if naive is not None:
-        ax.scatter(
+        ax.scatter(  # hollow, so that the study's own points under it stay visible
             [100 * float(naive[x])],
             [100 * float(naive[y])],
             marker="X",
             s=80,
-            color=color,
-            edgecolors="black",
-            linewidths=0.5,
+            facecolors="none",
+            edgecolors=color,
+            linewidths=1.2,
+            zorder=3,
         )

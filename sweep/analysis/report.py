@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from sweep.analysis import pareto, plots
-from sweep.analysis.choose import Choice, choose, format_choice
+from sweep.analysis.choose import Choice, choose, format_choice, plain_scalar
 from sweep.analysis.io import Study, write_atomic
 from sweep.analysis.report_tables import TOP_TRIALS, failed_table, references_table, setup_table, top_trials_table
 from sweep.results import schema
@@ -25,7 +26,8 @@ from sweep.results import schema
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["TOP_TRIALS", "build_report", "verdict", "write_report"]
+__all__ = ["DEFAULT_CONSTRAINT", "DEFAULT_OBJECTIVE", "TOP_TRIALS", "build_report", "headline", "recommendation",
+           "report_choice", "verdict", "write_report"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }
@@ -33,8 +35,9 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
 td, th { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; } pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
-.verdict { padding: 0.8em 1em; border-left: 4px solid #2a7; background: #f2fbf6; }
+img { max-width: 100%; }
+pre { background: #f7f7f7; padding: 0.8em; white-space: pre-wrap; overflow-wrap: anywhere; max-width: 100%; }
+.verdict { padding: 0.1em 1em; border-left: 4px solid #2a7; background: #f2fbf6; overflow-wrap: anywhere; }
 .verdict.warn { border-color: #d80; background: #fff8ec; }
 """
 
@@ -44,11 +47,46 @@ def _image(fig: Figure, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+# the question a report answers when it is given none: the most stable setting that keeps 95% of naive's
+# plasticity (the same 95% as `sweep run --objective constrained`'s default --min-plasticity)
+DEFAULT_OBJECTIVE = "stability"
+DEFAULT_CONSTRAINT = "plasticity >= 0.95 * naive"
+_NO_TASK_ID_HELPERS = ("replay", "joint")  # what can help a shared head: old samples in the batches
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f}% ± {100 * std:.1f}"
+
+
+def _front_summary(study: Study, split: str) -> str:
+    """What the front shows: its ends in stability and plasticity, against naive's."""
+    x, y = schema.metric_column(split, "stability"), schema.metric_column(split, "plasticity")
+    table = pareto.front_table(study.trials, x, y)
+    front = table[table["on_front"]].sort_values(x)
+    if front.empty:
+        return ""
+    low, high = front.iloc[0], front.iloc[-1]
+    naive = study.reference("naive")
+    naive_y = f" (naive: {100 * float(naive[y]):.1f}%)" if naive is not None and pd.notna(naive[y]) else ""
+    if len(front) == 1:
+        return (
+            f" One setting dominates every other one searched: trial {high['trial_id']},"
+            f" stability {100 * float(high[x]):.1f}%, plasticity {100 * float(high[y]):.1f}%{naive_y}."
+        )
+    return (
+        f" Along the front ({len(front)} trials) stability rises from {100 * float(low[x]):.1f}% to"
+        f" {100 * float(high[x]):.1f}% while plasticity falls from {100 * float(low[y]):.1f}% to"
+        f" {100 * float(high[y]):.1f}%{naive_y}: that is what each point of stability costs."
+    )
+
+
 def verdict(study: Study, split: str = "val") -> tuple[bool, str]:
     """The trade-off verdict in words: (is it a warning, text).
 
-    When no searched setting beats naive's stability beyond noise, the report says so and names
-    what usually helps (replay) instead of leaving a flat front to be misread.
+    Says whether any searched setting keeps old tasks better than naive fine-tuning beyond the noise
+    and what the front shows; when none does, says why in terms of this study's strategy, scenario and
+    references (naive already as good as joint: nothing to mitigate; one shared head in class-incremental
+    form without replay; a search range or seed count too small) and what to try instead.
     """
     check = pareto.tradeoff_check(study, split)
     if check is None:
@@ -56,34 +94,119 @@ def verdict(study: Study, split: str = "val") -> tuple[bool, str]:
             "Cannot judge the trade-off: the study has no finished naive reference"
             " or no finished search trial."
         )
+    strategy, scenario = study.setting("strategy"), study.setting("scenario")
+    where = f"{study.setting('benchmark')}, {scenario}-incremental"
     best = (
-        f"trial {check.best_trial_id} at {100 * check.best_stability:.1f}%"
-        f" ± {100 * check.best_stability_std:.1f} vs naive {100 * check.naive_stability:.1f}%"
-        f" ± {100 * check.naive_stability_std:.1f}"
+        f"trial {check.best_trial_id} at {_pm(check.best_stability, check.best_stability_std)}"
+        f" vs naive {_pm(check.naive_stability, check.naive_stability_std)}"
     )
     if check.has_tradeoff:
         return False, (
-            f"Trade-off present: the mitigation keeps old tasks better than naive fine-tuning"
-            f" (most stable: {best} {split} stability); the front shows what it costs in plasticity."
-        )
-    strategy = study.setting("strategy")
-    if "replay" in strategy:
-        advice = (
-            "Replay is already in this strategy, so widen its buffer size (replay_size) and"
-            " check the learning rate and epochs."
-        )
-    else:
-        advice = (
-            "What usually helps here is replay: a small class-balanced buffer of old-task samples"
-            " mixed into each batch (make sweep STRATEGY=replay, or STRATEGY=ewc+replay)."
+            f"Trade-off present: {strategy} keeps old tasks better than naive fine-tuning on {where},"
+            f" beyond the noise (most stable: {best} {split} stability; noise margin"
+            f" {100 * check.noise:.1f} points).{_front_summary(study, split)}"
         )
     return True, (
-        f"No trade-off: no searched setting keeps old tasks better than naive fine-tuning beyond"
-        f" the noise (best: {best} {split} stability; noise margin {100 * check.noise:.1f} points)."
-        f" The mitigation does not help on this benchmark and scenario, which is what EWC shows in"
-        f" class-incremental form: with one shared head the new classes' logits win whatever the"
-        f" penalty. {advice}"
+        f"No trade-off: no searched {strategy} setting keeps old tasks better than naive fine-tuning on"
+        f" {where}, beyond the noise (best: {best} {split} stability; noise margin"
+        f" {100 * check.noise:.1f} points). {_why_no_tradeoff(study, check, split)}"
     )
+
+
+def _why_no_tradeoff(study: Study, check: pareto.TradeoffCheck, split: str) -> str:
+    """The likeliest reason a study shows no trade-off, from its own references, scenario and strategy."""
+    strategy, scenario = study.setting("strategy"), study.setting("scenario")
+    components = set(strategy.replace(",", "+").replace(" ", "").split("+"))
+    joint = study.reference("joint")
+    column = schema.metric_column(split, "stability")
+    if joint is not None and pd.notna(joint[column]) and float(joint[column]) - check.naive_stability <= check.noise:
+        return (
+            f"There is little forgetting to mitigate here: naive fine-tuning already keeps old tasks about as well"
+            f" as joint training on every task seen so far ({100 * check.naive_stability:.1f}% vs"
+            f" {100 * float(joint[column]):.1f}%). A harder sequence (more tasks, more epochs, a larger"
+            f" learning rate, or --scenario domain) shows what a mitigation buys."
+        )
+    if scenario == "class" and not components & set(_NO_TASK_ID_HELPERS):
+        return (
+            f"In class-incremental form one head serves every class and no task id is given at test time, so the"
+            f" new classes' logits win whatever {strategy} does to the weights; what usually helps here is replay:"
+            f" a small class-balanced buffer of old-task samples mixed into each batch (make sweep STRATEGY=replay,"
+            f" or STRATEGY={strategy.split('+')[0]}+replay)."
+        )
+    if "replay" in components:
+        return "Replay is already in this strategy: widen its buffer size (replay_size), and check the learning" \
+               " rate and epochs."
+    seeds = ", ".join(sorted({str(v) for v in study.finished("search")["n_seeds"].dropna()})) or "?"
+    return (
+        f"Naive forgets ({100 * check.naive_stability:.1f}% stability"
+        + (f" vs joint's {100 * float(joint[column]):.1f}%" if joint is not None and pd.notna(joint[column]) else "")
+        + f"), but the searched settings did not help beyond the noise: widen the search space's ranges (a"
+        f" stronger penalty), add seeds to shrink the noise ({seeds} per trial now), or try replay."
+    )
+
+
+def recommendation(study: Study, choice: Choice | None, *, default: bool, tradeoff: bool) -> str:
+    """One sentence naming the recommended setting and the question it answers (the default one when
+    ``default``); empty without a choice."""
+    if choice is None:
+        return ""
+    asked = f"{'maximize' if choice.maximize else 'minimize'} {choice.split} {choice.objective}" + (
+        f" subject to {'; '.join(r.constraint.text for r in choice.results)}" if choice.results else ""
+    )
+    asked = f"the default question, {asked}; ask another with --constraint" if default else asked
+    if choice.trial is None:
+        return f"Recommended setting ({asked}): none, the study has no finished search trial."
+    trial = choice.trial
+    hps = ", ".join(f"{p}={_short(trial[f'hp_{p}'])}" for p in study.searched_params() if pd.notna(trial[f"hp_{p}"]))
+    columns = {m: (schema.metric_column(choice.split, m), schema.metric_column(choice.split, m, "std"))
+               for m in ("stability", "plasticity")}
+    numbers = ", ".join(f"{m} {_pm(float(trial[mean]), _nan0(trial[std]))}" for m, (mean, std) in columns.items())
+    naive = choice.references.get("naive")
+    against = (
+        f" (naive: stability {100 * naive['stability']:.1f}%, plasticity {100 * naive['plasticity']:.1f}%)"
+        if naive and "stability" in naive and "plasticity" in naive else ""
+    )
+    setting = f"trial {trial['trial_id']}" + (f" ({hps})" if hps else "")
+    if not choice.feasible:
+        return (f"Recommended setting ({asked}): none meets the constraint; the closest is {setting}, {numbers}"
+                f"{against}.")
+    caveat = "" if tradeoff else " It is within the noise of naive fine-tuning, which is as good a choice."
+    return f"Recommended setting ({asked}): {setting}, {choice.split} {numbers}{against}.{caveat}"
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _nan0(value: object) -> float:
+    """A std as a float; a missing one (a single seed) as 0."""
+    number = plain_scalar(value)
+    return float(number) if isinstance(number, (int, float)) and math.isfinite(number) else 0.0
+
+
+def report_choice(
+    study: Study, objective: str | None = None, maximize: bool = True, constraints: Sequence[str] = (),
+    split: str = "val",
+) -> tuple[Choice | None, bool]:
+    """The choice a report shows, and whether it answers the default question (no objective or constraint
+    given: :data:`DEFAULT_OBJECTIVE` under :data:`DEFAULT_CONSTRAINT`, when the study has a naive reference)."""
+    default = objective is None and not constraints
+    if not default:
+        return choose(study, objective or DEFAULT_OBJECTIVE, constraints, split=split, maximize=maximize), False
+    if study.reference("naive") is None:  # the default question is asked against naive
+        return None, True
+    return choose(study, DEFAULT_OBJECTIVE, [DEFAULT_CONSTRAINT], split=split), True
+
+
+def headline(
+    study: Study, *, objective: str | None = None, maximize: bool = True, constraints: Sequence[str] = (),
+    split: str = "val",
+) -> str:
+    """The report's opening, as plain text (what ``sweep report`` prints): the verdict and the recommendation."""
+    choice, default = report_choice(study, objective, maximize, constraints, split)
+    warn, words = verdict(study, split)
+    advice = recommendation(study, choice, default=default, tradeoff=not warn)
+    return words + (f"\n{advice}" if advice else "")
 
 
 def build_report(
@@ -98,8 +221,9 @@ def build_report(
 
     Args:
         study: The study.
-        objective: Metric of the production choice; with ``constraints`` (or alone) the report
-            includes the chosen setting. ``None`` and no constraints: no choice section.
+        objective: Metric of the production choice, with ``constraints`` (or alone). ``None`` and no
+            constraints: the default question, :data:`DEFAULT_OBJECTIVE` under :data:`DEFAULT_CONSTRAINT`
+            (when the study has a naive reference), stated as such in the report.
         maximize: ``False`` to minimise ``objective``.
         constraints: Constraint strings, as for ``sweep choose``.
         split: Split the choice and the front are computed on.
@@ -107,17 +231,18 @@ def build_report(
     Returns:
         A complete HTML document.
     """
-    choice: Choice | None = None
-    if objective is not None or constraints:
-        choice = choose(study, objective or "stability", constraints, split=split, maximize=maximize)
+    choice, default = report_choice(study, objective, maximize, constraints, split)
     warn, words = verdict(study, split)
+    advice = recommendation(study, choice, default=default, tradeoff=not warn)
     title = f"Study {study.name}: {study.setting('strategy')} on {study.setting('benchmark')}"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="verdict{" warn" if warn else ""}">{html.escape(words)}</p>',
+        f'<div class="verdict{" warn" if warn else ""}"><p>{html.escape(words)}</p>'
+        + (f"<p><strong>{html.escape(advice)}</strong></p>" if advice else "")
+        + "</div>",
         "<h2>Setup</h2>",
         setup_table(study),
         f"<h2>Pareto front ({html.escape(split)})</h2>",
@@ -127,7 +252,7 @@ def build_report(
         "<h2>References</h2>",
         references_table(study),
         *_sensitivity_section(study, split),
-        *_choice_section(choice),
+        *_choice_section(choice, default),
         *_matrix_section(study, choice, split),
         "<h2>Errored and diverged trials</h2>",
         failed_table(study),
@@ -151,16 +276,22 @@ def _sensitivity_section(study: Study, split: str) -> list[str]:
     return parts
 
 
-def _choice_section(choice: Choice | None) -> list[str]:
+def _choice_section(choice: Choice | None, default: bool = False) -> list[str]:
     """The production choice in words and, when feasible, as a training config."""
     parts = ["<h2>Chosen setting</h2>"]
     if choice is None:
         parts.append(
-            "<p>No constraint given: run <code>sweep report STUDY --constraint ...</code> or"
-            " <code>sweep choose</code> to add the production choice.</p>"
+            "<p>No naive reference to state the default constraint against: run <code>sweep report STUDY"
+            " --constraint ...</code> or <code>sweep choose</code> to add the production choice.</p>"
         )
         return parts
-    parts.append(f"<pre>{html.escape(format_choice(choice))}</pre>")
+    if default:
+        parts.append(
+            f"<p>No constraint given, so the report answers the default question: the most stable setting"
+            f" under <code>{html.escape(DEFAULT_CONSTRAINT)}</code> (keep 95% of naive's plasticity). Ask"
+            " another with <code>sweep report STUDY --constraint ...</code> or <code>sweep choose</code>.</p>"
+        )
+    parts.append(f'<pre class="choice">{html.escape(format_choice(choice))}</pre>')
     if choice.feasible:
         import yaml
 

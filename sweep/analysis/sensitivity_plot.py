@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _METRIC_COLORS = (("stability", "tab:blue"), ("plasticity", "tab:orange"))
+# one shade per group of ``by`` (a Fisher estimator, say): blues for stability, oranges for plasticity, so
+# that groups differ in colour and line style, not in marker shape alone
+_GROUP_SHADES = {
+    "stability": ("tab:blue", "navy", "tab:cyan", "slateblue", "steelblue", "darkturquoise"),
+    "plasticity": ("tab:orange", "firebrick", "goldenrod", "saddlebrown", "tomato", "darkkhaki"),
+}
+_GROUP_LINES = ("-", "--", ":", "-.")
 
 
 def plot_sensitivity(
@@ -120,18 +127,19 @@ def _draw_metrics(ax: Axes, rows: pd.DataFrame, xs: pd.Series, split: str, by: s
     for k, (group, members) in enumerate(groups):
         x = xs.loc[members.index].to_numpy()
         order = np.argsort(x, kind="stable")
-        for metric, color in _METRIC_COLORS:
+        for metric, _ in _METRIC_COLORS:
             mean, std = mean_std_columns(split, metric)
+            shades = _GROUP_SHADES[metric]
             ax.errorbar(
                 x[order],
                 percent(members, mean)[order],
                 yerr=np.nan_to_num(percent(members, std)[order]),
-                color=color,
+                color=shades[k % len(shades)],
                 marker="os^DvP<>"[k % 8],
                 capsize=2,
                 elinewidth=0.8,
                 markersize=5,
-                linestyle="-" if alone else "none",
+                linestyle=_GROUP_LINES[k % len(_GROUP_LINES)] if alone else "none",
                 linewidth=1,
                 label=f"{metric} ({split})" + (f", {by}={group}" if by is not None else ""),
             )

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError
 from sweep.hparams import ROWS, HParam
+from sweep.strategies.specs import STRATEGY_ROWS
 
 
 def expanded_path(text: str) -> str:
@@ -22,11 +23,18 @@ def expanded_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config FILE`` and one flag per TrainConfig field (``ewc_lambda`` -> ``--ewc-lambda``)."""
+# what `sweep pretrain` never reads: it trains task 1 alone, naive, from scratch (or --init-weights), so no
+# strategy's knob, nothing that acts from task 2 on, and no --pretrained
+SOURCE_TASK_SKIP = (*(row.name for row in ROWS if row.owner in STRATEGY_ROWS or row.first_task >= 2),
+                    "strategy", "pretrained")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: Collection[str] = ()) -> None:
+    """Add ``--config FILE`` and one flag per TrainConfig field (``ewc_lambda`` -> ``--ewc-lambda``) not in
+    ``skip`` (fields the command never reads: a flag that does nothing is not offered)."""
     parser.add_argument("--config", metavar="FILE", type=expanded_path,
                         help="YAML config (e.g. chosen.yaml from `sweep choose`)")
-    add_field_flags(parser)
+    add_field_flags(parser, skip=skip)
 
 
 class FlagTarget(Protocol):

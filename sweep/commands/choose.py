@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sweep.atomic import check_regular_target
 from sweep.results import schema
 
 
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     metric, maximize = objective(args)
     check_metric(metric)
     constraints = [parse_constraint(text) for text in args.constraint]  # bad syntax fails before any reading
+    if args.output is not None:  # a device or a link is refused, never replaced (the default: when written)
+        check_regular_target(args.output)
     study = load_study(args.study)
     if args.split != "val":
         print(

@@ -1,53 +1,32 @@
-"""``sweep clean results/<study>``: delete Ray's experiment folders, checkpoints and caches; keep the results.
+"""``sweep clean results/<study> [--address HOST:PORT]``: delete what a study wrote besides its results.
 
-A reused machine then holds no model weights or cached state from the run; the Parquet
-files, the Optuna journal, study.json and any report or chosen.yaml stay.
+Only a study this tool wrote is cleaned, and only what its own records name: its task-prefix cache and
+Tune's folders (in the study or its ``--storage`` folder), the folders its trials wrote in Ray's
+session on every node (through Ray, on the cluster ``--address`` names), and the tool's temporary
+files. The Parquet files, the Optuna journal, study.json and any report or chosen.yaml stay.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import sys
 from pathlib import Path
-
-from sweep.errors import ResultsError
-from sweep.results.store import acquire_study_lock, release_study_lock
-
-REMOVABLE = ("ray", "cache", "checkpoints")  # folders inside a study that hold no results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study_dir", help="the study folder, e.g. results/ewc-split-digits-task")
-
-
-def clean_study(study_dir: str | Path) -> list[Path]:
-    study = Path(study_dir)
-    if not (study / "trials.parquet").exists() and not (study / "study.json").exists():
-        raise ResultsError(f"no study at {study}: expected {study / 'trials.parquet'}")
-    lock = acquire_study_lock(study)  # a running sweep's Tune folder and temporary files are not leftovers
-    try:
-        removed = []
-        for name in REMOVABLE:
-            target = study / name
-            if target.is_symlink() or target.is_file():  # a link is removed, never what it points to
-                target.unlink()
-                removed.append(target)
-            elif target.exists():
-                shutil.rmtree(target)
-                removed.append(target)
-        for tmp in study.glob(".*.tmp"):  # leftovers of writes a kill interrupted
-            tmp.unlink()
-            removed.append(tmp)
-    except OSError as err:
-        raise ResultsError(f"cannot clean {study}: {err.strerror or err} ({err.filename})") from None
-    finally:
-        release_study_lock(study, lock)
-    return removed
+    parser.add_argument("--address", default=None,
+                        help="the Ray cluster the sweep ran on, to clean its other nodes too (default: $RAY_ADDRESS)")
 
 
 def run(args: argparse.Namespace) -> int:
-    removed = clean_study(args.study_dir)
+    from sweep.tune.cleaning import clean_study
+
+    report = clean_study(args.study_dir, args.address)
     kept = sorted(p.name for p in Path(args.study_dir).iterdir())
-    print(f"removed {len(removed)}: {', '.join(str(p) for p in removed) or 'nothing to remove'}")
+    print(f"removed {len(report.removed)}: {', '.join(report.removed) or 'nothing to remove'}")
     print(f"kept: {', '.join(kept)}")
+    if report.left:
+        print(f"sweep clean: {report.left_line()}", file=sys.stderr)
+        return 1
     return 0

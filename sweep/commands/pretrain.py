@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sweep.commands._config_args import add_config_arguments, config_from_args, expanded_path
+from sweep.atomic import check_regular_target
+from sweep.commands._config_args import SOURCE_TASK_SKIP, add_config_arguments, config_from_args, expanded_path
 from sweep.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
+    add_config_arguments(parser, skip=SOURCE_TASK_SKIP)  # no strategy knobs: task 1 is trained naive
     parser.add_argument("--out", required=True, metavar="PATH", type=expanded_path,
                         help="where to write the source model's state_dict")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
@@ -50,17 +51,17 @@ def pretrain(
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from sweep.models import save_weights
+    from sweep.train.trainer import parse_device
 
+    check_regular_target(args.out)  # before training: a device or a link is refused, never replaced
     config = config_from_args(args)
     if config.pretrained is not None:
         raise ConfigError("--pretrained makes no sense here: pretrain trains task 1 from scratch (or --init-weights)")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise ConfigError(f"--device {args.device!r} is not a torch device; allowed e.g. cpu, cuda, cuda:0") from None
+    device = parse_device(args.device, "--device")  # cpu or cuda; meta, mps and the like are refused
+    import torch
+
+    torch.set_num_threads(config.threads)  # --threads, default 1: never more threads than a busy machine has free
     model, benchmark, val, test = pretrain(config, device=device)
     path = save_weights(model, Path(args.out))
     print(f"source task {benchmark.tasks[0].name!r} of {config.benchmark} ({config.model}, {config.epochs} epochs, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sweep.atomic import check_regular_target
 from sweep.commands.choose import add_objective_arguments
 
 
@@ -23,12 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sweep.analysis.choose import check_metric, parse_constraint
     from sweep.analysis.io import load_study
-    from sweep.analysis.report import write_report
+    from sweep.analysis.report import headline, write_report
 
     metric = args.minimize if args.minimize is not None else args.maximize
     if metric is not None:
         check_metric(metric)
     constraints = [parse_constraint(text).text for text in args.constraint]  # fail before reading anything
+    if args.output is not None:  # a device or a link is refused, never replaced (the default: when written)
+        check_regular_target(args.output)
     study = load_study(args.study)
     output = write_report(
         study,
@@ -38,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
         constraints=constraints,
         split=args.split,
     )
+    print(headline(study, objective=metric, maximize=args.minimize is None, constraints=constraints, split=args.split))
     print(f"wrote {output}")
     return 0

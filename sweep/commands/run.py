@@ -12,19 +12,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep.commands._config_args import add_field_flags, expanded_path, given_fields
-from sweep.hparams import BY_NAME
+from sweep.hparams import BY_NAME, STRATEGY_NAMES
 
 if TYPE_CHECKING:
     from sweep.tune.driver import SweepSummary
 
 
-# TrainConfig fields with no flag here: the seeds come from --seeds, the strategy is the space's (--strategy)
-NOT_FLAGS = ("seed", "strategy")
+# TrainConfig fields with no flag here: the seeds come from --seeds, the strategy is the space's (--strategy),
+# a trial's threads are its --cpus-per-trial
+NOT_FLAGS = ("seed", "strategy", "threads")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--strategy", default="ewc", help="strategy to sweep, e.g. ewc, distill, replay, ewc+replay (default: ewc)")
+    a("--strategy", default="ewc", help=f"strategy to sweep: one of {', '.join(STRATEGY_NAMES)}, or several joined "
+      "with '+' (ewc+replay); its space is search_spaces/<strategy>.yaml (default: ewc)")
     a("--space", dest="space_file", default=None, type=expanded_path,
       help="search-space YAML (default: search_spaces/<strategy>.yaml)")
     a("--study", default=None, help="study name (default: <strategy>-<benchmark>-<scenario>)")
@@ -43,9 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-concurrent", type=_int("--max-concurrent"), default=None,
       help="trials at once (default: as resources allow)")
     a("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local one)")
+    a("--storage", default=None, type=expanded_path,
+      help="a shared folder every node reaches, for the task-prefix cache and Tune's storage "
+           "(default: the study folder; object-store URIs are refused)")
     a("--resume", action="store_true", help="continue an interrupted study: finished trials are not run again")
     a("--no-references", dest="references", action="store_false", help="skip the naive and joint references")
     a("--dashboard", action="store_true", help="start Ray's dashboard, on 127.0.0.1 only")
+    a("--trial-niceness", type=_int("--trial-niceness"), default=0, metavar="N",
+      help="niceness of the trials' processes above this command's, 0..19, when the sweep starts its own Ray "
+           "(Ray's default is 15); a cluster joined with --address keeps its own (default: 0, this command's "
+           "priority)")
     a("--quiet", action="store_true", help="no per-trial table")
     a("--no-prefix-cache", dest="prefix_cache", action="store_false",
       help="recompute the state after task 1 in every trial instead of sharing it")
@@ -75,6 +84,7 @@ def _float(flag: str) -> Callable[[str], float]:
 
 def run(args: argparse.Namespace) -> int:
     from sweep.tune.driver import SweepOptions, run_sweep
+    from sweep.tune.interrupts import handled
 
     fields = SweepOptions.__dataclass_fields__
     config = given_fields(args, skip=NOT_FLAGS)  # --hidden 400,400 -> {"hidden": [400, 400]}
@@ -82,23 +92,17 @@ def run(args: argparse.Namespace) -> int:
                                                                                      k in NOT_FLAGS)},
                            **{k: v for k, v in config.items() if k in fields},
                            extra={k: v for k, v in config.items() if k not in fields})
-    interrupted: list[int] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        interrupted.append(signum)
-        if len(interrupted) == 1:  # the first stops the sweep; later ones must not cut Ray's shutdown short
-            raise KeyboardInterrupt
-
-    # SIGTERM (kill, a job scheduler) is a Ctrl-C too: the finally blocks stop Ray and release the lock
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        summary = run_sweep(options)
-    except KeyboardInterrupt:
-        summary = None
-        interrupted.append(signal.SIGINT)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    # SIGINT and SIGTERM (kill, a job scheduler) raise KeyboardInterrupt: the finally blocks stop Ray and
+    # release the lock. After one, whatever the unwinding raises is the interrupt's doing: one line, 128+signal
+    with handled() as interrupted:
+        try:
+            summary = run_sweep(options)
+        except BaseException as err:
+            if not interrupted and not isinstance(err, KeyboardInterrupt):
+                raise
+            if not interrupted:  # a KeyboardInterrupt no handler of ours raised: Ctrl-C as Python delivers it
+                interrupted.append(signal.SIGINT)
+            summary = None
     if summary is not None:
         print_summary(summary)
         if summary.complete:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
 
 import numpy as np
 
 from sweep.commands._config_args import add_config_arguments, config_from_args
-from sweep.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,37 +32,50 @@ def format_matrix(R: np.ndarray, initial: np.ndarray, title: str) -> str:
 
 
 class ProgressBar:
-    """A one-line bar on stderr; plain per-task lines when stderr is not a terminal."""
+    """A one-line bar on stderr; when stderr is not a terminal (a log, CI), a plain line at each quarter of a task
+    and at its end, with the time so far, so that a long run shows it is alive."""
 
-    def __init__(self, num_tasks: int, enabled: bool) -> None:
+    QUARTERS = (0.25, 0.5, 0.75)
+
+    def __init__(self, num_tasks: int, enabled: bool, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.num_tasks = num_tasks
         self.enabled = enabled
-        self.tty = sys.stderr.isatty()
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.clock = clock
+        self.started = clock()
+        self.shown: set[tuple[int, float]] = set()  # (task, quarter) lines already written
 
     def __call__(self, task_index: int, step: int, total: int) -> None:
         if not self.enabled:
             return
+        where = f"task {task_index + 1}/{self.num_tasks}"
         if self.tty:
             filled = int(30 * step / max(total, 1))
             bar = "#" * filled + "." * (30 - filled)
             end = "\n" if step == total else ""
-            print(f"\rtask {task_index + 1}/{self.num_tasks} [{bar}] {step}/{total} steps", end=end, file=sys.stderr)
-        elif step == total:
-            print(f"task {task_index + 1}/{self.num_tasks}: {total} steps done", file=sys.stderr)
+            print(f"\r{where} [{bar}] {step}/{total} steps", end=end, file=self.stream, flush=True)
+            return
+        elapsed = f"{self.clock() - self.started:.1f}s elapsed"
+        if step == total:
+            print(f"{where}: {total} steps done, {elapsed}", file=self.stream, flush=True)
+            return
+        for quarter in self.QUARTERS:
+            if step >= quarter * total and (task_index, quarter) not in self.shown:
+                self.shown.add((task_index, quarter))
+                print(f"{where}: {int(100 * quarter)}% ({step}/{total} steps), {elapsed}", file=self.stream,
+                      flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from sweep.train.trainer import load_benchmark, run_config
+    from sweep.train.trainer import load_benchmark, parse_device, run_config
 
     config = config_from_args(args)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise ConfigError(f"--device {args.device!r} is not a torch device; allowed e.g. cpu, cuda, cuda:0") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device!r}: CUDA is not available on this machine; use cpu")
+    device = parse_device(args.device, "--device")  # cpu or cuda; meta, mps and the like are refused
+    import torch
+
+    torch.set_num_threads(config.threads)  # --threads, default 1: never more threads than a busy machine has free
     benchmark = load_benchmark(config)
     progress = ProgressBar(benchmark.num_tasks, enabled=not args.no_progress)
     result = run_config(config, benchmark, device=device, progress=progress)

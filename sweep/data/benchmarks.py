@@ -21,12 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sweep import hparams
-from sweep.data.holdout import holdout_mask, resolve_data_root
+from sweep.data.holdout import check_holdout, holdout_mask, resolve_data_root
 from sweep.data.idx import read_idx
 from sweep.data.plans import TaskPlan, build_task, plan_fashion_mnist, plan_mnist_fashion, plan_permuted, plan_split
 from sweep.data.readers import load_dataset
 from sweep.data.tasks import Benchmark, Task
-from sweep.errors import SweepError
+from sweep.errors import SweepError, did_you_mean
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "read_idx", "resolve_data_root"]
 
@@ -151,6 +151,8 @@ def build_benchmark(
 
     root = resolve_data_root(data_root) if any(d != "digits" for d in spec.datasets) else None
     arrays = {dataset: load_dataset(dataset, root) for dataset in spec.datasets}
+    for dataset, a in arrays.items():
+        check_holdout(a.train_y, val_fraction, f"the {dataset} training data of {name}")
     is_val = {dataset: holdout_mask(a.train_y, val_fraction, split_seed) for dataset, a in arrays.items()}
     tasks = tuple(build_task(plan, arrays[plan.dataset], is_val[plan.dataset], scenario) for plan in plans)
     info: dict[str, object] = {
@@ -193,7 +195,8 @@ def _num_classes(scenario: str, plans: Sequence[TaskPlan], tasks: Sequence[Task]
 
 def _lookup(name: str) -> BenchmarkSpec:
     if name not in BENCHMARKS:
-        raise SweepError(f"unknown benchmark {name!r} (allowed: {', '.join(BENCHMARKS)})")
+        raise SweepError(f"unknown benchmark {name!r} (allowed: {', '.join(BENCHMARKS)})"
+                         f"{did_you_mean(name, BENCHMARKS)}")
     return BENCHMARKS[name]
 
 

@@ -65,6 +65,9 @@ def _import(module_name: str, spec: str, what: str) -> Any:
                     "or add that folder to PYTHONPATH)"
                 ) from None
             raise ConfigError(f"{what} {spec!r}: importing {module_name} failed: {first_line(err)}") from None
+        except SystemExit as err:  # sys.exit() at import: an error, never the command's own exit
+            raise ConfigError(f"{what} {spec!r}: importing {module_name} called sys.exit({err.code!r}); an entry "
+                              "point's module must not exit") from None
         except Exception as err:  # the user's module raised while importing: a SyntaxError, an ImportError
             raise ConfigError(f"{what} {spec!r}: importing {module_name} failed: {first_line(err)}") from None
     raise AssertionError("unreachable")
@@ -131,5 +134,8 @@ def call_function(function: Callable[..., Any], spec: str, what: str, **availabl
         return function(**kwargs)
     except SweepError:
         raise
+    except SystemExit as err:  # sys.exit(), even sys.exit(0), is no return value: never a silent exit 0
+        raise SweepError(f"{what} {spec!r} called sys.exit({err.code!r}) instead of returning; an entry point "
+                         "must return its result (or raise)") from None
     except Exception as err:
         raise SweepError(f"{what} {spec!r} raised {first_line(err)}") from None

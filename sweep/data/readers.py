@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import pickle
 import shutil
 import socket
@@ -23,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sweep.atomic import NotARegularFile, atomic_write
 from sweep.data.holdout import DATA_ROOT_ENV, holdout_mask
 from sweep.data.idx import read_idx
 from sweep.errors import DataError
+from sweep.reading import open_regular
 
 DOWNLOAD_TIMEOUT_S = 5.0  # per socket operation: offline, an unanswered connect would hang for minutes
 
@@ -115,14 +116,18 @@ class ArraysOnly(pickle.Unpickler):
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, "CIFAR-10 batch", "cifar", DataError) as handle:
             batch = ArraysOnly(handle, encoding="latin1").load()
         images = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+    except DataError:
+        raise
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise DataError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {str(err)[:120]})") from None
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
         raise DataError(f"{path}: expected data (N, 3072) with N labels, found {images.shape} and {labels.shape}")
+    if len(images) == 0:
+        raise DataError(f"{path}: holds 0 images; every split needs samples of every class")
     if len(labels) and (labels.min() < 0 or labels.max() > max(CLASSES)):
         raise DataError(f"{path}: labels out of range {CLASSES[0]}..{CLASSES[-1]}")
     return images.reshape(-1, 3, 32, 32), labels
@@ -148,14 +153,9 @@ def _download_cifar10(root: Path) -> str | None:
                 target.mkdir(parents=True, exist_ok=True)
                 for name in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE):
                     if not (target / name).exists():
-                        partial = target / f".{name}.{os.getpid()}.partial"  # pid: parallel trials may race
-                        try:
-                            shutil.copyfile(Path(scratch) / CIFAR10_FOLDER / name, partial)
-                            os.replace(partial, target / name)
-                        finally:
-                            partial.unlink(missing_ok=True)
-            except OSError as err:
-                return f"downloaded but could not write into {target}: {err.strerror or err}"
+                        _copy_in(Path(scratch) / CIFAR10_FOLDER / name, target / name)
+            except (OSError, NotARegularFile) as err:
+                return f"downloaded but could not write into {target}: {getattr(err, 'strerror', None) or err}"
             return None
     finally:
         socket.setdefaulttimeout(previous_timeout)
@@ -166,7 +166,8 @@ def _find_files(raw_dir: Path) -> dict[str, Path | None]:
     found: dict[str, Path | None] = {}
     for key, base in IDX_FILES.items():
         candidates = [raw_dir / base, raw_dir / f"{base}.gz"]
-        found[key] = next((path for path in candidates if path.is_file()), None)
+        # any file there, regular or not: read_idx names a device or a folder as such, not as missing
+        found[key] = next((path for path in candidates if path.exists() or path.is_symlink()), None)
     return found
 
 
@@ -203,6 +204,8 @@ def _read_images(path: Path) -> np.ndarray:
             f"{path}: expected uint8 images of shape (N, {IMAGE_SIZE[0]}, {IMAGE_SIZE[1]}), "
             f"found {images.dtype} of shape {images.shape}"
         )
+    if len(images) == 0:
+        raise DataError(f"{path}: holds 0 images; every split needs samples of every class")
     return images
 
 
@@ -248,12 +251,14 @@ def _install_files(source: Path, raw_dir: Path) -> str | None:
         for name in names:
             if (raw_dir / name).exists():
                 continue
-            partial = raw_dir / f".{name}.{os.getpid()}.partial"  # pid: parallel trials may race here
-            try:
-                shutil.copyfile(source / name, partial)
-                os.replace(partial, raw_dir / name)
-            finally:
-                partial.unlink(missing_ok=True)
-    except OSError as err:
-        return f"downloaded but could not write into {raw_dir}: {err.strerror or err}"
+            _copy_in(source / name, raw_dir / name)
+    except (OSError, NotARegularFile) as err:
+        return f"downloaded but could not write into {raw_dir}: {getattr(err, 'strerror', None) or err}"
     return None
+
+
+def _copy_in(source: Path, dest: Path) -> None:
+    """Copy a downloaded file into the data root atomically (parallel trials may race: the last rename wins, the
+    two are identical), never through a link (:func:`sweep.atomic.atomic_write`)."""
+    with open(source, "rb") as src:
+        atomic_write(dest, lambda handle: shutil.copyfileobj(src, handle))

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from sweep.data.entry_points import call_function, first_line, load_function
-from sweep.data.holdout import holdout_mask, resolve_data_root
+from sweep.data.holdout import check_holdout, holdout_mask, resolve_data_root
 from sweep.data.tasks import Benchmark, Split, Task
 from sweep.errors import SweepError
 
@@ -41,10 +41,14 @@ def build_user_benchmark(
             raise SweepError(f"benchmark {spec!r} returned a {result.scenario}-incremental Benchmark; "
                              f"scenario is {scenario!r}")
         tasks = result.tasks
+        for t, task in enumerate(tasks):
+            _check_splits(f"benchmark {spec!r}, task {t + 1}", task.train, task.val, task.test)
     else:
         if isinstance(result, Mapping) or not isinstance(result, Sequence) or isinstance(result, (str, bytes)):
             raise SweepError(f"benchmark {spec!r} returned {type(result).__name__}; expected a list of tasks, "
                              "each a dict with train and test splits")
+        if len(result) < 2:  # before any task is checked: the count is the first thing wrong
+            raise SweepError(f"benchmark {spec!r} returned {len(result)} task(s); forgetting needs at least 2")
         tasks = tuple(_task(spec, t, raw, val_fraction, split_seed) for t, raw in enumerate(result))
     if len(tasks) < 2:
         raise SweepError(f"benchmark {spec!r} returned {len(tasks)} task(s); forgetting needs at least 2")
@@ -89,13 +93,11 @@ def _task(spec: str, t: int, raw: Any, val_fraction: float, split_seed: int) -> 
     if raw.get("val") is not None:
         val = _split(raw["val"], f"{where} val")
     else:  # carved per class with a fixed seed, as the built-in benchmarks do
+        if len(train):
+            check_holdout(train.y.numpy(), val_fraction, f"the training data of {where}")
         is_val = torch.from_numpy(holdout_mask(train.y.numpy(), val_fraction, split_seed))
         train, val = Split(train.x[~is_val], train.y[~is_val]), Split(train.x[is_val], train.y[is_val])
-    for split_name, split in (("train", train), ("val", val), ("test", test)):
-        if len(split) == 0:
-            raise SweepError(f"{where}: the {split_name} split is empty"
-                             + (" (too few samples to carve a validation split: give 'val')"
-                                if split_name == "val" else ""))
+    _check_splits(where, train, val, test)
     shapes = {tuple(s.x.shape[1:]) for s in (train, val, test)}
     if len(shapes) != 1:
         raise SweepError(f"{where}: train, val and test have different sample shapes {sorted(shapes)}")
@@ -113,6 +115,17 @@ def _task(spec: str, t: int, raw: Any, val_fraction: float, split_seed: int) -> 
         if outside:
             raise SweepError(f"{where}: labels {outside[:5]} are not among its classes {list(classes)}")
     return Task(name, classes, train, val, test)
+
+
+def _check_splits(where: str, train: Split, val: Split, test: Split) -> None:
+    """Refuse a task with an empty split: no training data, nothing to validate or test on."""
+    for split_name, split in (("train", train), ("val", val), ("test", test)):
+        if len(split) == 0:
+            raise SweepError(f"{where}: the {split_name} split is empty"
+                             + (" (no training data: a task must have samples to learn from)"
+                                if split_name == "train" else "")
+                             + (" (too few samples to carve a validation split: give 'val')"
+                                if split_name == "val" else ""))
 
 
 def _split(raw: Any, where: str) -> Split:
@@ -144,8 +157,8 @@ def _read_dataset(dataset: Any, where: str) -> tuple[Tensor, Tensor]:
             raise SweepError(f"{where}: sample {i}'s x is not array-like ({first_line(err)}); "
                              "add a transform such as torchvision's ToTensor()") from None
         ys.append(int(item[1]))
-    if not xs:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    if not xs:  # no sample: an empty split, named as such by the task's check
+        return torch.empty(0, 1), torch.empty(0, dtype=torch.long)
     try:
         return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
     except RuntimeError as err:

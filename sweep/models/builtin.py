@@ -12,12 +12,24 @@ from torch import Tensor, nn
 from sweep.config import TORCHVISION_MODELS
 from sweep.errors import ConfigError
 from sweep.models.layers import LayeredModel, Wrapped
+from sweep.reading import check_memory
+
+TRAINING_COPIES = 4  # float32 weights, their gradients and Adam's two moments: the least a trained model holds
+
+
+def check_mlp_memory(in_features: int, num_classes: int, hidden: Sequence[int]) -> None:
+    """Refuse an MLP whose training would need more memory than this machine has available."""
+    sizes = [in_features, *hidden, num_classes]
+    params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    check_memory(params * 4 * TRAINING_COPIES, f"model mlp with hidden {list(hidden)} ({params:,} parameters, "
+                 f"trained with Adam)", ConfigError)
 
 
 class MLP(LayeredModel):
     """Flatten -> [Linear -> ReLU] * len(hidden) -> Linear. Default 784-256-256-10."""
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 256)) -> None:
+        check_mlp_memory(in_features, num_classes, hidden)  # refused before a byte is allocated
         super().__init__()
         sizes = [in_features, *hidden]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))

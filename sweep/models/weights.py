@@ -13,15 +13,22 @@ from torch import Tensor, nn
 from sweep.atomic import atomic_write
 from sweep.errors import ConfigError
 from sweep.models.layers import unwrap
+from sweep.reading import open_regular
 
 
 def read_state_dict(path: str | os.PathLike[str], what: str = "weights") -> dict[str, Tensor]:
-    """A state_dict file (or a dict holding one under "state_dict" or "model"), on the CPU."""
+    """A state_dict file (or a dict holding one under "state_dict" or "model"), on the CPU.
+
+    Raises:
+        ConfigError: the file is missing, not a regular file, larger than ``LIMITS["checkpoint"]``
+            (:mod:`sweep.reading`), or not a state_dict ``torch.load`` reads with ``weights_only=True``.
+    """
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{what} file {file} does not exist")
+    # a regular file within the checkpoint cap: /dev/zero or a pipe would be read forever
+    handle = open_regular(file, f"{what} file", "checkpoint", ConfigError)
     try:
-        data = torch.load(file, map_location="cpu", weights_only=True)
+        with handle:
+            data = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError, RuntimeError, EOFError across torch versions
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{what} file {file} is not a state_dict readable with weights_only=True ({first})") from None

@@ -8,10 +8,12 @@ are dropped on the next load, and a trial already recorded is never recorded twi
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
 import socket
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sweep.atomic import atomic_write
+from sweep.atomic import atomic_write, file_kind, temporary_target
 from sweep.errors import ResultsError, SweepError
 from sweep.hparams import BY_NAME
+from sweep.reading import check_regular
 from sweep.results.schema import (
     ACCURACY_COLUMNS,
     ACCURACY_FILE,
@@ -30,12 +33,15 @@ from sweep.results.schema import (
     METRICS,
     SCHEMA_VERSION,
     SPLITS,
+    STUDY_FILE,
     TRIALS_COLUMNS,
     TRIALS_FILE,
     metric_column,
 )
 
 LOCK_FILE = ".lock"
+JOURNAL_FILE = "optuna.journal"  # the Optuna study (a journal Optuna appends to)
+WRITES_FILE = "writes.json"  # every node and folder outside the study a sweep wrote to (sweep clean's list)
 
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string()}
 _HP_TYPES = {name: _ARROW_TYPES[BY_NAME[name].type] for name in HYPERPARAMETERS}  # every hyperparameter is a scalar
@@ -78,6 +84,69 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# --- the study folder's own names: never links
+# files the tool writes in a study folder, and folders it writes there (old studies: always these two)
+STUDY_FILES = (LOCK_FILE, TRIALS_FILE, ACCURACY_FILE, STUDY_FILE, JOURNAL_FILE, WRITES_FILE)
+STUDY_FOLDERS = ("cache", "ray")
+
+
+def check_study_folder(study_dir: str | os.PathLike[str]) -> None:
+    """Refuse, in one line, a study folder whose lock, results, cache or Tune folder or temporary files are
+    links (or of the wrong kind): the tool would write through them. A missing folder passes."""
+    study = Path(study_dir)
+    try:
+        entries = os.listdir(study)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise SweepError(f"{study} is not writable: a part of its path is a file, not a folder") from None
+    except OSError as err:
+        raise SweepError(f"cannot read the study folder {study}: {err.strerror or err}") from None
+    for entry in entries:
+        wanted = (stat.S_ISREG if entry in STUDY_FILES or entry.endswith(".tmp") else
+                  stat.S_ISDIR if entry in STUDY_FOLDERS else None)
+        if wanted is None:
+            continue
+        try:
+            mode = os.lstat(study / entry).st_mode
+        except FileNotFoundError:  # removed since the listing
+            continue
+        if not wanted(mode):
+            raise SweepError(f"{study / entry} is {file_kind(mode)}; refusing to use the study folder {study} "
+                             f"(the tool never makes it one: remove it)")
+
+
+def temporary_leftovers(study_dir: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files of the tool's atomic writes of the study's own files (a kill left them), by their exact
+    pattern; the caller holds the study's lock, so no write of them is under way."""
+    study = Path(study_dir)
+    found = []
+    for entry in os.listdir(study):
+        try:
+            if temporary_target(entry) in STUDY_FILES and stat.S_ISREG(os.lstat(study / entry).st_mode):
+                found.append(study / entry)
+        except FileNotFoundError:  # removed since the listing
+            continue
+    return sorted(found)
+
+
+def _open_lock(lock: Path, flags: int) -> int:
+    """Open the lock file without following a link, and only if it is a regular file with one name."""
+    try:
+        fd = os.open(lock, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise SweepError(f"{lock} is a symbolic link; refusing to use the study folder {lock.parent} "
+                             "(the tool never makes it one: remove it)") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link would truncate another file
+        os.close(fd)
+        what = file_kind(info.st_mode) if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} names"
+        raise SweepError(f"{lock} is {what}; refusing to use the study folder {lock.parent} (remove it)")
+    return fd
+
+
 # --- the study lock: one driver per study
 def acquire_study_lock(study_dir: str | os.PathLike[str]) -> int:
     """Take ``<study>/.lock`` or refuse with a one-line :class:`SweepError` naming its holder.
@@ -85,10 +154,21 @@ def acquire_study_lock(study_dir: str | os.PathLike[str]) -> int:
     An exclusive ``flock``, not a pid file: the kernel drops it when its holder dies, so a lock
     left by a killed driver never blocks a resume, a reused pid never looks like a live driver,
     and two drivers racing for a stale lock cannot both win. Returns the descriptor to release.
+    The lock is never opened through a link, and a study folder whose own names are links is refused.
     """
+    check_study_folder(study_dir)
     lock = Path(study_dir) / LOCK_FILE
     for _ in range(10):
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            mode = os.lstat(lock).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):  # never even open a device or a fifo
+            raise SweepError(f"{lock} is {file_kind(mode)}; refusing to use the study folder {study_dir} (remove it)")
+        try:
+            fd = _open_lock(lock, os.O_CREAT | os.O_RDWR)
+        except OSError as err:  # a read-only mount, a full disk: one line, not a traceback
+            raise SweepError(f"cannot take the lock {lock}: {err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # BlockingIOError: someone holds it
@@ -96,12 +176,16 @@ def acquire_study_lock(study_dir: str | os.PathLike[str]) -> int:
             os.close(fd)
             raise SweepError(locked_message(study_dir, holder)) from None
         try:
-            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            current = os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             current = False
         if current:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+            except OSError as err:  # a full disk: the lock is ours, so it goes, and nothing is left behind
+                release_study_lock(study_dir, fd)
+                raise SweepError(f"cannot take the lock {lock}: {err.strerror or err}") from None
             return fd
         os.close(fd)  # its holder removed the file between our open and our lock: take the new one
     raise SweepError(f"cannot take the lock {lock}: it keeps being replaced")
@@ -109,9 +193,16 @@ def acquire_study_lock(study_dir: str | os.PathLike[str]) -> int:
 
 def study_lock_holder(study_dir: str | os.PathLike[str]) -> str | None:
     """Who holds the study's lock (``"process 123 on host"``), or None when no one does; takes nothing."""
+    lock = Path(study_dir) / LOCK_FILE
     try:
-        fd = os.open(Path(study_dir) / LOCK_FILE, os.O_RDONLY)
+        mode = os.lstat(lock).st_mode
     except OSError:  # no lock file (or no folder): no driver
+        return None
+    if not stat.S_ISREG(mode):
+        raise SweepError(f"{lock} is {file_kind(mode)}; refusing to use the study folder {study_dir} (remove it)")
+    try:
+        fd = _open_lock(lock, os.O_RDONLY)
+    except FileNotFoundError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -138,6 +229,7 @@ def release_study_lock(study_dir: str | os.PathLike[str], fd: int) -> None:
 
 def read_table(path: Path, schema: pa.Schema) -> pa.Table:
     """Read a study file, refusing a truncated file or one of another schema with one line."""
+    check_regular(path, "study file", "parquet", ResultsError)  # not a device or a pipe; within the cap
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:

@@ -1,4 +1,4 @@
-"""ewc: elastic weight consolidation, penalty λ/2 · Σ_k F_k (θ − θ*_k)² (DESIGN.md, Strategies).
+"""ewc: elastic weight consolidation, penalty λ/2 · Σ_k F_k (θ − θ*_k)² (docs/design.md, Strategies).
 
 Both modes keep the penalty as one quadratic per parameter element, A (θ − m)² + offset:
 

@@ -1,4 +1,4 @@
-"""Diagonal Fisher information for EWC, exactly as DESIGN.md defines the four estimators.
+"""Diagonal Fisher information for EWC, exactly as docs/design.md defines the four estimators.
 
 - ``exact``:     E_x Σ_c p(c|x) (∂ log p(c|x)/∂θ)²
 - ``sampled``:   E_x (∂ log p(ŷ|x)/∂θ)², ŷ drawn from p(·|x)

@@ -12,7 +12,7 @@ from typing import TypeVar
 from torch import Tensor, nn
 
 from sweep.config import TrainConfig
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, did_you_mean
 from sweep.hparams import strategy_fields
 from sweep.strategies.base import (
     NO_FEATURES,
@@ -159,7 +159,8 @@ def parse_strategy(spec: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in spec.split("+"))
     for name in names:
         if name not in STRATEGIES:
-            raise ConfigError(f"strategy {name!r} is unknown; allowed: {', '.join(STRATEGIES)} (combine with '+')")
+            raise ConfigError(f"strategy {name!r} is unknown; allowed: {', '.join(STRATEGIES)} (combine with '+')"
+                              f"{did_you_mean(name, STRATEGIES)}")
     if len(set(names)) != len(names):
         raise ConfigError(f"strategy {spec!r} names a component twice")
     if len(names) > 1:

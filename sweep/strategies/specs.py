@@ -32,7 +32,7 @@ EWC: Block = {
                            why="samples the Fisher averages over; none: every training sample of the task"),
     "ewc_mode": dict(type=str, default="separate", choices=EWC_MODES,
                      why="separate: one (F, θ*) per past task; online: F <- γF + F_new"),
-    "ewc_gamma": dict(type=float, default=1.0, range="[0, 1]",
+    "ewc_gamma": dict(type=float, default=1.0, range="[0, 1]", active_when={"ewc_mode": "online"},
                       why="online EWC's decay of the past Fisher; 1 keeps all of it"),
 }
 

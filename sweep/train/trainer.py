@@ -20,6 +20,7 @@ from torch import Tensor
 
 from sweep.config import TrainConfig
 from sweep.data.tasks import Benchmark, to_float
+from sweep.errors import ConfigError
 from sweep.models import LayeredModel, build_model, load_weights
 from sweep.strategies.base import NO_FEATURES, Batch, Strategy, TaskContext
 from sweep.strategies.registry import build_strategy
@@ -28,9 +29,25 @@ from sweep.train.reports import EpochReport, PrefixStore, SequenceResult, TaskRe
 from sweep.train.task_setup import PhaseOptimizer, TaskRun, phase_parameters, prepare_task, set_frozen, task_optimizer
 
 __all__ = ["EVAL_BATCH", "EpochReport", "PrefixStore", "SequenceResult", "TaskReport", "build_run", "evaluate",
-           "evaluate_all", "iter_sequence", "load_benchmark", "masked_logits", "run_config", "train_sequence"]
+           "evaluate_all", "iter_sequence", "load_benchmark", "masked_logits", "parse_device", "run_config",
+           "train_sequence"]
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between host syncs for the NaN check (free on CPU, a sync on GPU)
+DEVICE_TYPES = ("cpu", "cuda")  # where the trainer runs; meta, mps and others are refused
+
+
+def parse_device(device: torch.device | str, label: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` the trainer runs on (cpu, or cuda when this machine has it);
+    anything else is a one-line ConfigError naming ``label`` (``--device`` on the command line)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{label} {device!r} is not a torch device; allowed e.g. cpu, cuda, cuda:0") from None
+    if parsed.type not in DEVICE_TYPES:
+        raise ConfigError(f"{label} {device!r}: training runs on {' or '.join(DEVICE_TYPES)}, not {parsed.type}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{label} {device!r}: CUDA is not available on this machine; use cpu")
+    return parsed
 
 
 def train_sequence(
@@ -89,7 +106,7 @@ def iter_sequence(
     closing the generator there stops the run.
     """
     started = time.perf_counter()
-    device = torch.device(device)
+    device = parse_device(device)
     benchmark = benchmark.to(device)
     model.to(device).train()
     masks = benchmark.task_masks(device)

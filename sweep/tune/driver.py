@@ -8,10 +8,9 @@ left "running" really ended, so the two never disagree and no trial is recorded 
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import hashlib
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +19,25 @@ from typing import TYPE_CHECKING, Any
 from sweep.errors import ConfigError, SweepError
 from sweep.hparams import DEFAULTS
 from sweep.results.schema import STUDY_FILE
-from sweep.results.store import StudyStore, acquire_study_lock, locked_message, release_study_lock, study_lock_holder
+from sweep.results.store import (
+    StudyStore,
+    acquire_study_lock,
+    check_study_folder,
+    locked_message,
+    release_study_lock,
+    study_lock_holder,
+    temporary_leftovers,
+)
 from sweep.strategies.registry import check_frozen_layers
-from sweep.tune.options import SweepOptions, base_config, validate_options
+from sweep.tune.interrupts import deferred
+from sweep.tune.options import SweepOptions, base_config, study_name, validate_options
 from sweep.tune.prefix_cache import WEIGHT_FILES, file_digest
-from sweep.tune.ray_session import check_resources, init_ray
+from sweep.tune.ray_session import check_resources, init_ray, starts_own_ray
 from sweep.tune.search_space import SearchSpace, load_space, space_path
 from sweep.tune.searcher import optuna_searcher
 from sweep.tune.sink import ResultSink, package_versions
-from sweep.tune.study import check_resume, check_writable, write_json
+from sweep.tune.staging import experiment_name, staged_experiment
+from sweep.tune.study import check_resume, check_writable, new_study_writes, prepare_storage, storage_folder, write_json
 
 if TYPE_CHECKING:
     from sweep.data.tasks import Benchmark
@@ -53,8 +62,7 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     if space.strategy != o.strategy:
         raise ConfigError(f"{space.path} searches strategy {space.strategy!r}, not {o.strategy!r}")
     base = base_config(o, space)
-    # a module:function benchmark would put ':' and '.' into a folder name
-    study = o.study or re.sub(r"[^A-Za-z0-9_+-]+", "_", f"{o.strategy}-{o.benchmark}-{o.scenario}")
+    study = study_name(o)  # --study, else <strategy>-<benchmark>-<scenario>; one plain, printable folder name
     results_dir = Path(o.results_dir).expanduser().resolve()
     study_dir = results_dir / study
     meta = _study_meta(o, space, base, study)
@@ -67,7 +75,6 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
 def _set_ray_environment() -> None:
     """Ray's and Tune's settings for a sweep, unless the caller set them."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet sink is the record
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C must stop the whole sweep: Tune's handler would end only the current fit(), which
@@ -85,12 +92,18 @@ def _study_meta(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study
             "weights_sha256": {key: file_digest(base[key]) for key in WEIGHT_FILES if base.get(key)},
             # the table's defaults when the study started: what a field the base config and a trial's
             # columns leave out meant then (a hp_ column added later reads as null in this study's files)
-            "defaults": DEFAULTS}
+            "defaults": DEFAULTS,
+            # where it writes besides its results (cache, Tune's storage): what `sweep clean` removes
+            **new_study_writes(o.storage, study)}
 
 
 def _check_study_dir(o: SweepOptions, study_dir: Path, meta: dict[str, Any]) -> bool:
     """Refuse a locked study, an existing one without ``--resume`` and one ``--resume`` cannot continue;
     return whether the study exists."""
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ConfigError(f"--study {study_dir.name!r}: {study_dir} is a file, not a study folder; "
+                          "choose another --study")
+    check_study_folder(study_dir)  # its lock, results and temporary names are never links
     holder = study_lock_holder(study_dir)
     if holder is not None:
         raise SweepError(locked_message(study_dir, holder))
@@ -138,7 +151,8 @@ def _start(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str
     from sweep.tune.trial import benchmark_to_arrays
 
     created = False  # True while the folder is ours and not yet a study: removed again on failure
-    started_ray = False
+    # decided before ray.init: an interrupt inside it or just after it still stops what it started
+    started_ray = starts_own_ray(o.address)
     lock: int | None = None
     try:
         try:
@@ -146,24 +160,42 @@ def _start(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str
             created = True
         except FileExistsError:
             pass
-        lock = acquire_study_lock(study_dir)
-        for leftover in study_dir.glob(".*.parquet.*.tmp"):  # temporary files of a write a kill interrupted
+        with deferred():  # an interrupt waits until the lock is ours, and so is released on the way out
+            lock = acquire_study_lock(study_dir)
+        for leftover in temporary_leftovers(study_dir):  # temporary files of a write a kill interrupted
             leftover.unlink(missing_ok=True)
-        started_ray = init_ray(o.address, o.dashboard)
+        init_ray(o.address, o.dashboard, o.trial_niceness)
         check_resources(o.cpus_per_trial, o.gpus_per_trial)
+        if not o.quiet:  # after the checks Ray answers: a refused sweep prints its one error line only
+            print(f"study {study_dir}: {'resuming' if exists else 'starting'} on Ray"
+                  f"{' at ' + o.address if o.address else ' (local)'}", flush=True)
         if not exists:
             write_json(study_dir / STUDY_FILE, meta)
         created = False  # from here on the folder is a real study and is kept
+        prepare_storage(meta)  # recorded in study.json first: `sweep clean` finds it whatever happens next
         return _run(o, space, base, study, study_dir, benchmark_to_arrays(benchmark), benchmark.num_tasks)
-    finally:
-        if created and lock is not None:  # never another driver's folder: it would hold the lock
-            shutil.rmtree(study_dir, ignore_errors=True)  # nothing half-made is left behind
-        if lock is not None:
-            release_study_lock(study_dir, lock)
-        if started_ray:
-            import ray
+    except OSError as err:  # a full disk or a read-only mount on the way: one line, never a traceback
+        resumable = not created and (study_dir / STUDY_FILE).exists()
+        raise SweepError(f"cannot write the study {study_dir}: {err.strerror or err}"
+                         + (f" ({err.filename})" if err.filename else "")
+                         + ("; finished trials are saved: resume with --resume once it is writable"
+                            if resumable else "")) from None
+    finally:  # each step runs whatever the one before it raised (after an interrupt, anything may)
+        try:
+            if created and lock is not None:  # never another driver's folder: it would hold the lock
+                shutil.rmtree(study_dir, ignore_errors=True)  # nothing half-made is left behind
+            elif created:  # the lock was never ours (a full disk): the folder made here goes if still empty
+                with contextlib.suppress(OSError):
+                    study_dir.rmdir()
+        finally:
+            try:
+                if lock is not None:
+                    release_study_lock(study_dir, lock)
+            finally:
+                if started_ray:
+                    import ray
 
-            ray.shutdown()
+                    ray.shutdown()
 
 
 def count_trials(study_dir: Path, target: int) -> SweepSummary:
@@ -182,16 +214,22 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     seeds = list(range(o.seeds))
     from sweep.data.entry_points import import_paths
 
+    storage = storage_folder(study_dir)  # the study folder, or its own folder in --storage
+
     setup: dict[str, Any] = {"base_config": base, "seeds": seeds, "cpus_per_trial": o.cpus_per_trial,
                              "num_tasks": num_tasks, "searched": [p.name for p in space.params],
-                             "prefix_dir": str(study_dir / "cache") if o.prefix_cache else None,
+                             "prefix_dir": str(storage / "cache") if o.prefix_cache else None,
+                             # --storage reaches every node; else only the driver's node has the study folder
+                             "prefix_shared": storage != study_dir,
+                             "driver_node": ray.get_runtime_context().get_node_id(),
                              # folders of module:function entry points, for the trials' imports
                              "import_paths": import_paths(base.get("model", ""), base.get("benchmark", ""))}
     versions = package_versions()
     payload_ref = ray.put(payload)  # once into the object store; every trial reads the same copy
     resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
 
-    sink = ResultSink(store, study, versions, setup, o.quiet)  # one sink: one table, one header
+    # one sink: one table, one header, one status line over every trial the study is to hold
+    sink = ResultSink(store, study, versions, setup, o.quiet, total=o.trials + len(("naive", "joint")) * o.references)
 
     def tuner_for(name: str, setup_: dict[str, Any], **tune_kwargs: Any) -> Any:
         from sweep.tune.trainable import tune_trainable
@@ -199,18 +237,27 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
         trainable = tune.with_resources(tune.with_parameters(tune_trainable, payload=payload_ref, setup=setup_),
                                         resources)
         run_config = tune.RunConfig(
-            name=f"{name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S-%f')}",
-            storage_path=str(study_dir / "ray"), callbacks=[sink.callback], verbose=0,
+            name=name, storage_path=str(storage / "ray"), callbacks=[sink.callback], verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),  # a killed worker is retried once
         )
         return tune.Tuner(trainable, run_config=run_config, **tune_kwargs)
+
+    def fit(phase: str, setup_: dict[str, Any], **tune_kwargs: Any) -> None:
+        name = experiment_name(phase)
+        try:
+            with staged_experiment(study_dir, name):  # recorded before it runs, removed from this node after
+                tuner_for(name, setup_, **tune_kwargs).fit()
+        except Exception:
+            if sink.failure is not None:  # a trial that could not be written: its one line, not Tune's traceback
+                raise sink.failure from None
+            raise
 
     # 1. the references, on the same seeds, once per study
     missing_refs = [r for r in ("naive", "joint") if o.references and not any(
         row["role"] == r for row in store.trials)]
     if missing_refs:
-        tuner_for("references", setup, param_space={"role": tune.grid_search(missing_refs)},
-                  tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=o.max_concurrent)).fit()
+        fit("references", setup, param_space={"role": tune.grid_search(missing_refs)},
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=o.max_concurrent))
     if o.objective == "constrained":
         naive = next((row for row in store.trials if row["role"] == "naive" and row["status"] == "finished"), None)
         if naive is None:
@@ -221,7 +268,7 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     remaining = o.trials - store.count("search")
     if remaining > 0:
         searcher = optuna_searcher(o, space, study_dir)
-        tuner_for("search", setup, tune_config=tune.TuneConfig(
+        fit("search", setup, tune_config=tune.TuneConfig(
             search_alg=searcher, num_samples=remaining, reuse_actors=True,
-            max_concurrent_trials=o.max_concurrent)).fit()
+            max_concurrent_trials=o.max_concurrent))
     return count_trials(study_dir, o.trials + len(("naive", "joint")) * o.references)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from sweep.config import TrainConfig
-from sweep.errors import ConfigError
-from sweep.hparams import BY_NAME, DEFAULTS, HYPERPARAMETER
-from sweep.tune.ray_session import address_host_port
-from sweep.tune.search_space import SearchSpace
+from sweep.errors import ConfigError, did_you_mean
+from sweep.hparams import BY_NAME, DEFAULTS, HYPERPARAMETER, MAX_SEED
+from sweep.reading import check_regular
+from sweep.tune.ray_session import MAX_NICENESS, address_host_port, cluster_address
+from sweep.tune.search_space import SearchSpace, check_active
 
 SAMPLERS = ("tpe", "nsga2")
 OBJECTIVE_MODES = ("pareto", "constrained")
+MAX_SEEDS = 1000  # every trial trains once per seed; a thousand is already weeks of compute
+MAX_TRIALS = 1_000_000
+MIN_RESOURCE = 1e-4  # Ray counts CPUs and GPUs in steps of 0.0001: less is no share at all
+MAX_STUDY_NAME = 128  # characters; a folder name may hold 255 bytes on most filesystems
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,13 @@ class SweepOptions:
     resume: bool = False
     references: bool = True  # run naive and joint on the same seeds
     dashboard: bool = False  # Ray's dashboard, on 127.0.0.1 only
+    # a local Ray's trial workers run at this niceness above the driver's (Ray's own default is 15); 0: the
+    # priority of the command that started the sweep. A joined cluster (--address) keeps its own
+    trial_niceness: int = 0
     quiet: bool = False
     prefix_cache: bool = True  # share the state after task 1 between trials that agree on it
+    # a shared POSIX folder every node reaches, for the task-prefix cache and Tune's storage (None: the study folder)
+    storage: str | None = None
     # more TrainConfig fields every trial shares (`sweep run --hidden 400,400`, the API); like ``epochs``,
     # they override the space's fixed values
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,27 +84,91 @@ def run_level_config(o: SweepOptions) -> dict[str, Any]:
 
 
 def validate_options(o: SweepOptions) -> None:
-    if o.trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {o.trials}")
-    if o.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {o.seeds}")
+    """Every option checked before anything starts: nothing is read but the checkpoints' file types, nothing
+    written, no Ray started. Each problem is a one-line ConfigError naming the flag."""
+    _check_int("--trials", o.trials, 1, MAX_TRIALS)
+    _check_int("--seeds", o.seeds, 1, MAX_SEEDS)
+    _check_int("--sampler-seed", o.sampler_seed, 0, MAX_SEED)  # numpy's RandomState, which Optuna seeds
+    if o.max_concurrent is not None:
+        _check_int("--max-concurrent", o.max_concurrent, 1, None)
     if o.sampler not in SAMPLERS:
-        raise ConfigError(f"--sampler {o.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+        raise ConfigError(f"--sampler {o.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}"
+                          f"{did_you_mean(o.sampler, SAMPLERS)}")
     if o.objective not in OBJECTIVE_MODES:
-        raise ConfigError(f"--objective {o.objective!r} is unknown; allowed: {', '.join(OBJECTIVE_MODES)}")
-    if not 0.0 < o.min_plasticity <= 1.0:
+        raise ConfigError(f"--objective {o.objective!r} is unknown; allowed: {', '.join(OBJECTIVE_MODES)}"
+                          f"{did_you_mean(o.objective, OBJECTIVE_MODES)}")
+    if not _number(o.min_plasticity) or not 0.0 < o.min_plasticity <= 1.0:
         raise ConfigError(f"--min-plasticity must be in (0, 1], got {o.min_plasticity}")
-    if o.cpus_per_trial <= 0:
-        raise ConfigError(f"--cpus-per-trial must be > 0, got {o.cpus_per_trial}")
-    if o.gpus_per_trial < 0:
-        raise ConfigError(f"--gpus-per-trial must be >= 0, got {o.gpus_per_trial}")
-    if o.max_concurrent is not None and o.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent must be >= 1, got {o.max_concurrent}")
+    _check_resource("--cpus-per-trial", o.cpus_per_trial, zero=False)
+    _check_resource("--gpus-per-trial", o.gpus_per_trial, zero=True)
+    _check_int("--trial-niceness", o.trial_niceness, 0, MAX_NICENESS)
+    local_cpus = os.cpu_count()
+    if cluster_address(o.address) is None and local_cpus and o.cpus_per_trial > local_cpus:
+        raise ConfigError(f"--cpus-per-trial {o.cpus_per_trial:g} but this machine has {local_cpus} CPUs "
+                          "(a local sweep starts Ray with every one)")
     run_level_config(o)  # --epochs 0, --scenario online, --hidden 0: named as the flag
-    if o.study is not None and (not o.study or "/" in o.study or o.study.startswith(".")):
-        raise ConfigError(f"--study {o.study!r} must be a plain folder name")
+    study_name(o)
     if o.address:
         address_host_port(o.address)  # its form now; whether it answers once the study is locked
+    if o.storage is not None:
+        check_storage(o.storage)
+    for key in ("pretrained", "init_weights"):  # a device or a pipe would be read (hashed) forever
+        path = getattr(o, key) or o.extra.get(key)
+        if isinstance(path, (str, os.PathLike)) and str(path).strip():
+            check_regular(Path(path).expanduser(), f"{BY_NAME[key].flag} file", "checkpoint", ConfigError)
+
+
+def check_storage(storage: str) -> None:
+    """``--storage``: an existing folder (a shared mount every node reaches); an object-store URI is refused."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", storage):
+        raise ConfigError(f"--storage {storage!r}: object-store URIs (s3://, gs://, ...) are not supported: they "
+                          "cannot be tested offline and hold no lock; give a shared folder every node reaches")
+    path = Path(storage).expanduser()
+    if not storage.strip() or not path.is_dir():
+        raise ConfigError(f"--storage {storage!r} is not an existing folder; give a shared folder every node "
+                          "reaches (it is not created: a mount that is missing must not become a local folder)")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(flag: str, value: object, low: int, high: int | None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{flag} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ConfigError(f"{flag} must be {allowed}, got {value}")
+
+
+def _check_resource(flag: str, value: object, zero: bool) -> None:
+    """A share of CPUs or GPUs: a finite number, at least Ray's step of 0.0001 (or 0 where ``zero``)."""
+    if not _number(value):
+        raise ConfigError(f"{flag} must be a finite number, got {value!r}")
+    assert isinstance(value, (int, float))
+    if value < 0 or (value < MIN_RESOURCE and not (zero and value == 0)):
+        least = f"0 or at least {MIN_RESOURCE:g}" if zero else f"at least {MIN_RESOURCE:g}"
+        raise ConfigError(f"{flag} must be {least} (Ray counts resources in steps of {MIN_RESOURCE:g}), got {value:g}")
+
+
+def study_name(o: SweepOptions) -> str:
+    """The study's folder name: ``--study``, else ``<strategy>-<benchmark>-<scenario>``; checked to be one
+    plain, printable folder name of at most :data:`MAX_STUDY_NAME` characters."""
+    if o.study is None:  # a module:function benchmark would put ':' and '.' into a folder name
+        name = re.sub(r"[^A-Za-z0-9_+-]+", "_", f"{o.strategy}-{o.benchmark}-{o.scenario}")
+        shown = "the study name"
+    else:
+        name, shown = o.study, "--study"
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"{shown} {name!r} must be a plain folder name")
+    control = next((c for c in name if unicodedata.category(c)[0] == "C"), None)
+    if control is not None:
+        raise ConfigError(f"{shown} {name[:40]!r}{'...' if len(name) > 40 else ''} holds the control character "
+                          f"{control!r}; a study name is printable text")
+    if len(name) > MAX_STUDY_NAME or len(name.encode()) > 255:
+        raise ConfigError(f"{shown} {name[:40]}... is {len(name)} characters long; at most {MAX_STUDY_NAME} "
+                          "(it names a folder)")
+    return name
 
 
 def base_config(o: SweepOptions, space: SearchSpace) -> dict[str, Any]:
@@ -109,6 +186,9 @@ def base_config(o: SweepOptions, space: SearchSpace) -> dict[str, Any]:
         if row.kind == HYPERPARAMETER and name not in space.allowed_params():
             raise ConfigError(f"{row.flag}: {name} is not a parameter of strategy {space.strategy!r}; "
                               f"allowed: {', '.join(space.allowed_params())}")
+    overridden = {**o.extra, **({"epochs": o.epochs} if o.epochs is not None else {})}
+    check_active(space.params, {**space.fixed, **overridden}, space.path,
+                 {name: BY_NAME[name].flag for name in overridden if name in BY_NAME})
     values: dict[str, Any] = {
         "benchmark": o.benchmark, "scenario": o.scenario, "num_tasks": o.num_tasks, "model": o.model,
         # absolute: trials run elsewhere

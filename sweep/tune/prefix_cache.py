@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
-from sweep.atomic import atomic_write
+from sweep.atomic import NotARegularFile, atomic_write
 from sweep.config import TrainConfig
 from sweep.data.tasks import Benchmark
 from sweep.hparams import prefix_free
 
 WEIGHT_FILES = ("init_weights", "pretrained")  # config fields naming files: their contents are in the key too
+NOT_IN_KEY = ("threads",)  # how many threads computed the state, not what it is: the key of before it existed
 
 
 def prefix_free_fields(strategy_spec: str) -> set[str]:
@@ -46,7 +47,7 @@ def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:
     from sweep import __version__
 
     free = prefix_free_fields(config.strategy)
-    fields = {k: v for k, v in config.to_dict().items() if k not in free}
+    fields = {k: v for k, v in config.to_dict().items() if k not in free and k not in NOT_IN_KEY}
     from sweep.strategies.registry import strategy_components
 
     identity = {
@@ -92,4 +93,7 @@ class PrefixCache:
 
     def save(self, state: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.directory.is_symlink():  # the tool never makes it one: writing through it would land elsewhere
+            raise NotARegularFile(f"the task-prefix cache {self.directory} is a symbolic link; refusing to write "
+                                  "through it (remove it)")
         atomic_write(self.path, lambda handle: torch.save(state, handle))

@@ -1,21 +1,57 @@
-"""The sweep's Ray: join ``--address``/``$RAY_ADDRESS`` or start a local one, and check its resources."""
+"""The sweep's Ray: join ``--address``/``$RAY_ADDRESS`` or start a local one, and check its resources.
+
+A sweep told no address starts its own local Ray (``ray.init(address="local")``): it never joins a
+cluster it was not told to join, whatever another Ray on the machine or a stale
+``<ray temp dir>/ray_current_cluster`` file says. That local Ray keeps Ray's token authentication on
+(``RAY_AUTH_MODE=token``; Ray creates ``~/.ray/auth_token`` on first use, which this user's processes
+read): every port it listens on refuses a client without the token. Its trial workers run at the
+niceness the sweep asks for (``--trial-niceness``, default 0: the priority of the command that started
+the sweep, not Ray's default of 15). A joined cluster keeps its own authentication and niceness.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import stat
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sweep.errors import ConfigError, SweepError
 
+AUTH_MODE = "RAY_AUTH_MODE"  # Ray reads it in every process it starts: they inherit the driver's environment
+TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"  # another file holding the token; default ~/.ray/auth_token
+MAX_NICENESS = 19  # Linux's lowest priority; 0 is the priority of the command that started the sweep
 
-def init_ray(address: str | None, dashboard: bool) -> bool:
-    """Join ``--address``/``$RAY_ADDRESS`` or start a local Ray; True if we started it."""
+
+def cluster_address(address: str | None) -> str | None:
+    """The cluster a sweep joins: ``--address``, else ``$RAY_ADDRESS`` (Ray Jobs set it); None or "local":
+    none, the sweep starts its own."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
+
+
+def starts_own_ray(address: str | None) -> bool:
+    """Whether :func:`init_ray` with this address starts a local Ray (which the caller then stops)."""
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    return cluster_address(address) is None and not ray.is_initialized()
+
+
+def init_ray(address: str | None, dashboard: bool, niceness: int = 0) -> bool:
+    """Join ``--address``/``$RAY_ADDRESS`` or start a local Ray; True if we started it.
+
+    Args:
+        address: ``--address``; None: ``$RAY_ADDRESS``, else a local Ray of this sweep's own.
+        dashboard: start Ray's dashboard, on 127.0.0.1 only.
+        niceness: the trial workers' niceness in a local Ray (added to the driver's own).
+    """
+    import ray
+
+    address = cluster_address(address)
     kwargs: dict[str, Any] = {"include_dashboard": dashboard, "log_to_driver": False,
                               "configure_logging": True, "logging_level": "ERROR"}
     if dashboard:
@@ -25,21 +61,55 @@ def init_ray(address: str | None, dashboard: bool) -> bool:
         try:
             keep_sigterm_handler(ray.init, address=address, **kwargs)
         except Exception as err:  # ConnectionError, RuntimeError, ValueError across Ray versions
-            raise SweepError(f"cannot reach a Ray cluster at --address {address!r}: "
-                             f"{str(err).splitlines()[0][:160] if str(err) else type(err).__name__}") from None
+            first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            # its port answered (check_reachable): a refusal is often its token authentication
+            hint = (f" (if it uses token authentication: set {AUTH_MODE}=token and give its token in "
+                    f"~/.ray/auth_token, ${TOKEN_PATH} or $RAY_AUTH_TOKEN)")
+            raise SweepError(f"cannot reach a Ray cluster at --address {address!r}: {first}{hint}") from None
         return False
-    if ray.is_initialized():
+    if ray.is_initialized():  # the caller's own Ray (the Python API): used as it is
         return False
-    keep_sigterm_handler(ray.init, num_cpus=os.cpu_count(), **kwargs)
+    if os.environ.get(AUTH_MODE, "token").lower() != "token":
+        # whatever the environment says, no unauthenticated cluster on the network: unset, ray.init turns
+        # token authentication on for a new local cluster (and reloads its own config, which read the variable)
+        del os.environ[AUTH_MODE]
+    try:
+        keep_sigterm_handler(ray.init, address="local", num_cpus=os.cpu_count(),
+                             _system_config={"worker_niceness": int(niceness)}, **kwargs)
+    except BaseException:  # an interrupt or a failure half-way: none of what it started is left running
+        ray.shutdown()
+        raise
+    _private_token()
     return True
 
 
-def keep_sigterm_handler(init: Any, **kwargs: Any) -> None:
-    """``init(**kwargs)``, keeping a SIGTERM handler of the caller's (``sweep run``'s), which ray.init replaces."""
-    handler = signal.getsignal(signal.SIGTERM)
-    init(**kwargs)
-    if callable(handler) and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+def _private_token() -> None:
+    """Ray writes ``~/.ray/auth_token`` with the umask's mode (often readable by every user): make it the
+    owner's only, as a password file is."""
+    path = Path(os.environ.get(TOKEN_PATH) or Path.home() / ".ray" / "auth_token")
+    try:
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError:  # not there (the token came from $RAY_AUTH_TOKEN), or not ours to change
+        pass
+
+
+def keep_sigterm_handler(init: Callable[..., Any], **kwargs: Any) -> None:
+    """``init(**kwargs)``, keeping a SIGTERM handler of the caller's (``sweep run``'s), which ray.init replaces
+    with one that calls ``sys.exit(15)``: a SIGTERM during ``init`` goes to the caller's handler too."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        init(**kwargs)
+    except SystemExit as exit_:
+        if exit_.code == signal.SIGTERM and callable(handler):
+            handler(signal.SIGTERM, None)  # sweep run's: records it and raises KeyboardInterrupt
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if callable(handler) and main:
+            signal.signal(signal.SIGTERM, handler)
 
 
 def address_host_port(address: str) -> tuple[str, int] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,14 +116,46 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     raw_params = data.get("params") or {}
     if not isinstance(raw_params, dict):
         raise ConfigError(f"{where}: params must be a mapping of name -> distribution")
+    if not raw_params:  # Optuna would have nothing to suggest, and every trial would be the same
+        raise ConfigError(f"{where}: params is empty; a search space searches at least one hyperparameter "
+                          "(params: lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true})")
     params = tuple(_parse_param(where, name, spec, strategy, allowed) for name, spec in raw_params.items())
     for name in raw_params:
         if name in fixed:
             raise ConfigError(f"{where}: {name} is both fixed and searched; keep one")
+    check_active(params, fixed, where)
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}: description must be a string")
     return SearchSpace(strategy, where, description, dict(fixed), params)
+
+
+def check_active(params: tuple[Param, ...], fixed: Mapping[str, Any], where: str,
+                 labels: Mapping[str, str] | None = None) -> None:
+    """Refuse a searched parameter that ``fixed`` (with the table's defaults for what it leaves out and
+    the space does not search) makes inert: ``ewc_gamma`` searched with ``ewc_mode: separate``.
+
+    ``where`` names the space in the message; ``labels`` how each fixed value was given (default
+    ``fixed.<name>``; ``--ewc-mode`` for a flag of ``sweep run``).
+    """
+    searched = {p.name: p for p in params}
+    for p in params:
+        row = BY_NAME[p.name]
+        for name, needed in row.active_when.items():
+            if name in searched:  # both searched: inert only if no choice of the other lets it act
+                other = searched[name]
+                if other.kind == "categorical" and not any(c in needed for c in other.choices):
+                    raise ConfigError(f"{where}: params.{p.name} is searched but inert: "
+                                      f"{row.inert_because({name: other.choices[0]})} in every choice of "
+                                      f"params.{name}; search {name} over {needed[0]!r} too or stop searching "
+                                      f"{p.name}")
+                continue
+            value = fixed.get(name, BY_NAME[name].default)
+            reason = row.inert_because({name: value})
+            if reason is not None:
+                source = (labels or {}).get(name, f"fixed.{name}") if name in fixed else "its default"
+                raise ConfigError(f"{where}: params.{p.name} is searched but inert: {reason} ({source}); "
+                                  f"set {name} to {needed[0]!r} or stop searching {p.name}")
 
 
 def _check_param_name(where: str, section: str, name: Any, strategy: str, allowed: tuple[str, ...]) -> None:

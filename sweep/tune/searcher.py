@@ -5,6 +5,12 @@ Parquet rows, so the two records never disagree."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,11 +37,104 @@ def reconcile_optuna(study: Any, store: StudyStore) -> int:
     return closed
 
 
+JOURNAL_FILE = "optuna.journal"
+_TAIL_CHUNK = 1 << 16
+
+
+def _last_line_start(handle: Any, end: int) -> int:
+    """The offset just after the last ``\n`` before ``end`` (0 if none), reading backwards in chunks."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _TAIL_CHUNK)
+        handle.seek(start)
+        newline = handle.read(pos - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        pos = start
+    return 0
+
+
+def torn_tail(path: Path) -> int | None:
+    """Where the journal's torn last record starts (None: the last record is whole).
+
+    The journal is JSON lines, each appended whole with its newline; a kill (or a full disk) in the
+    middle of an append leaves a last line without its newline, or one that is not JSON. Optuna reads
+    past such a line, but the next append joins it, and every later read fails.
+    """
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return None
+        handle.seek(size - 1)
+        if handle.read(1) != b"\n":
+            return _last_line_start(handle, size)
+        start = _last_line_start(handle, size - 1)
+        handle.seek(start)
+        try:
+            json.loads(handle.read(size - start))
+        except ValueError:  # not JSON, not UTF-8
+            return start
+        return None
+
+
+def repair_journal(study_dir: Path) -> Path | None:
+    """Cut a torn last record off the study's Optuna journal, keeping the whole file as
+    ``optuna.journal.torn-<UTC time>``; return that backup (None: nothing was torn).
+
+    What the torn record said is lost to Optuna, never to the study: the Parquet files are the record
+    of what finished, and :func:`reconcile_optuna` closes whatever the cut leaves running.
+    """
+    path = study_dir / JOURNAL_FILE
+    if not path.is_file() or path.is_symlink():
+        return None
+    cut = torn_tail(path)
+    if cut is None:
+        return None
+    backup = path.with_name(f"{JOURNAL_FILE}.torn-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%fZ')}")
+    shutil.copyfile(path, backup)
+    os.truncate(path, cut)
+    return backup
+
+
+REFERENCE_METRICS = ("stability", "plasticity", "acc")  # of each reference, on both splits, in the study's attrs
+
+
+def describe_study(study: Any, store: StudyStore, multi: bool) -> None:
+    """Name the Optuna study's objectives and record the naive and joint references in its user attributes,
+    so that optuna-dashboard shows both with names and the yardsticks beside them.
+
+    The references are attributes, not trials: as trials they would feed the sampler points from outside
+    its search space.
+    """
+    # the constrained objective is validation stability, penalised below the plasticity bound
+    import optuna
+
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what optuna-dashboard reads
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([f"val_{k}" for k in OBJECTIVES] if multi else ["val_stability_constrained"])
+    for row in store.trials:
+        if row["role"] in ("naive", "joint") and row["status"] == "finished":
+            study.set_user_attr(f"reference_{row['role']}", {
+                "trial_id": row["trial_id"], "n_seeds": row["n_seeds"],
+                **{f"{split}_{metric}_{stat}": _json_number(row.get(f"{split}_{metric}_{stat}"))
+                   for split in ("val", "test") for metric in REFERENCE_METRICS for stat in ("mean", "std")}})
+
+
+def _json_number(value: Any) -> float | None:
+    """A metric as JSON holds it: a float, or None for a missing one (NaN is not JSON)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path) -> Any:
     import optuna
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from ray.tune.search.optuna import OptunaSearch
+
+    from sweep.tune.journal_backend import UninterruptedBackend
 
     class RecordingOptunaSearch(OptunaSearch):
         """Tags each Optuna trial with its Tune trial id, so a resume can reconcile them."""
@@ -47,7 +146,12 @@ def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path) -> Any
             return params
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
+    backup = repair_journal(study_dir)  # a torn last record would join the next one and break every later read
+    if backup is not None and not o.quiet:
+        print(f"resume: cut a torn last record off {JOURNAL_FILE} (the whole file is kept as {backup.name})",
+              flush=True)
+    # appends an interrupt never cuts in half (no stale optuna.journal.lock, no half record)
+    storage = JournalStorage(UninterruptedBackend(str(study_dir / "optuna.journal")))
     multi = o.objective == "pareto"
     sampler: optuna.samplers.BaseSampler
     if o.sampler == "nsga2":
@@ -58,6 +162,7 @@ def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path) -> Any
     directions: list[Literal["maximize"]] = ["maximize", "maximize"] if multi else ["maximize"]
     existing = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
     closed = reconcile_optuna(existing, StudyStore(study_dir))
+    describe_study(existing, StudyStore(study_dir), multi)
     if closed and not o.quiet:
         print(f"resume: closed {closed} Optuna trial(s) left running by an interrupted driver", flush=True)
     if multi:

@@ -9,10 +9,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from sweep.errors import ResultsError, SweepError
 from sweep.hparams import GENERAL_PARAMS
 from sweep.results.schema import HYPERPARAMETERS, MACHINE_FIELDS, METRICS, SPLITS, metric_column
 from sweep.results.store import StudyStore
 from sweep.strategies.registry import strategy_params
+from sweep.tune.progress import Progress
+from sweep.tune.staging import record
 from sweep.tune.trial import trial_config
 
 
@@ -37,23 +40,43 @@ def package_versions() -> dict[str, str]:
 
 
 class ResultSink:
-    """Tune callback, on the driver: each trial's final result becomes Parquet rows, once."""
+    """Tune callback, on the driver: each trial's final result becomes Parquet rows, once; a line of the
+    per-trial table, and the live status line (:class:`~sweep.tune.progress.Progress`) of ``total`` trials."""
 
     def __init__(self, store: StudyStore, study: str, versions: dict[str, str], setup: dict[str, Any],
-                 quiet: bool) -> None:
+                 quiet: bool, total: int | None = None) -> None:
         from ray.tune import Callback
 
         self.store, self.study, self.versions, self.setup, self.quiet = store, study, versions, setup, quiet
         self.printed_header = False
+        self.failure: ResultsError | None = None  # a trial that finished and could not be written: the sweep stops
+        self.progress = Progress(total if total is not None else len(store.trials), store.trials,
+                                 enabled=not quiet and total is not None)
+        self.folders: set[tuple[Any, ...]] = set()  # node folders already in the study's writes.json
         sink = self
 
         class _Callback(Callback):
             def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+                if result.get("wrote"):  # the folder this trial's node holds for the study: recorded for clean
+                    sink.record_folder(result["wrote"])
                 if result.get("final"):
                     sink.record(trial.trial_id, trial.config, result)
 
             def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
                 sink.record_error(trial)
+                sink.progress.trial_stopped(trial.trial_id)
+
+            def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+                sink.progress.trial_started(trial.trial_id)
+
+            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+                sink.progress.trial_stopped(trial.trial_id)
+
+            def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+                sink.progress.tick()
+
+            def on_experiment_end(self, trials: list, **info: Any) -> None:
+                sink.progress.phase_ended()
 
         self.callback = _Callback()
 
@@ -75,6 +98,13 @@ class ResultSink:
             **self.versions,
         }
         return row
+
+    def record_folder(self, wrote: Any) -> None:
+        """Add the node folder a trial reports to the study's record (once), for ``sweep clean``."""
+        key = tuple(sorted(wrote.items())) if isinstance(wrote, dict) else ()
+        if key and key not in self.folders:
+            record(self.store.dir, wrote)
+            self.folders.add(key)
 
     def record(self, trial_id: str, params: dict[str, Any], result: dict[str, Any]) -> None:
         if self.store.has(trial_id):
@@ -100,8 +130,8 @@ class ResultSink:
                             accuracy.append({"study": self.study, "trial_id": trial_id, "seed": int(seed),
                                              "split": split, "after_task": t + 1, "eval_task": i + 1,
                                              "accuracy": acc})
-        self.store.add(row, accuracy)
-        self._print(row)
+        self._commit(row, accuracy)
+        self.progress.trial_recorded(row, lambda: self._print(row))
 
     def record_error(self, trial: Any) -> None:
         if self.store.has(trial.trial_id):
@@ -115,8 +145,25 @@ class ResultSink:
         except Exception:  # the reason is a courtesy; the status is what matters
             pass
         row = self._row(trial.trial_id, trial.config, "error", reason)
-        self.store.add(row, [])
-        self._print(row)
+        self._commit(row, [])
+        self.progress.trial_recorded(row, lambda: self._print(row))
+
+    def _commit(self, row: dict[str, Any], accuracy: list[dict[str, Any]]) -> None:
+        """Write the trial's rows, or stop the sweep with one line naming the trial that is lost.
+
+        Raised from inside Tune's callback, the error ends ``fit()`` before Optuna is told the trial
+        ended: the Optuna trial stays running, a resume closes it as failed and runs it again, and the
+        Parquet files (the previous ones, whole) stay the record of what finished.
+        """
+        try:
+            self.store.add(row, accuracy)
+        except (OSError, SweepError) as err:
+            cause = (err.strerror or str(err)) if isinstance(err, OSError) else str(err)
+            # kept: Tune turns a callback's error into a TuneError of its traceback, the driver raises this one
+            self.failure = ResultsError(f"trial {row['trial_id']} finished but could not be written to "
+                                        f"{self.store.trials_path} ({cause}); it is lost and runs again on --resume "
+                                        "once the folder is writable (finished trials are saved)")
+            raise self.failure from None
 
     def _print(self, row: dict[str, Any]) -> None:
         if self.quiet:

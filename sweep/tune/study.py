@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import json
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from sweep.atomic import atomic_write
 from sweep.errors import ConfigError
+from sweep.reading import read_regular
+from sweep.results.cleaning import make_storage_folder, read_json_record, study_writes
 from sweep.results.schema import STUDY_FILE
+from sweep.results.store import STUDY_FOLDERS
 
 
 def check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
     try:
-        old = json.loads((study_dir / STUDY_FILE).read_text())
-    except (OSError, ValueError, RecursionError):  # ValueError: not JSON, not UTF-8
+        # a regular file within the JSON cap: a device or a pipe named study.json is never read
+        old = json.loads(read_regular(study_dir / STUDY_FILE, "study file", "json", ConfigError))
+    except (OSError, ValueError, RecursionError):  # ValueError: not JSON, not UTF-8, not a regular file (SweepError)
         old = None
     if not isinstance(old, dict):
         raise ConfigError(f"{study_dir / STUDY_FILE} is unreadable; cannot resume this study")
     for key in ("strategy", "base_config", "seeds", "objective", "space_sha256"):
         if old.get(key) != json.loads(json.dumps(meta[key])):
-            raise ConfigError(f"--resume: {key} differs from the study's ({old.get(key)!r}); "
+            raise ConfigError(f"--resume: {resume_difference(key, old.get(key), json.loads(json.dumps(meta[key])))}; "
                               "resume with the same settings or start another --study")
     recorded = old.get("weights_sha256", {})  # absent in studies made before it was recorded
     if not isinstance(recorded, dict):
@@ -30,6 +35,63 @@ def check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
         if meta["weights_sha256"].get(name) != digest:
             raise ConfigError(f"--resume: the {name} file {meta['base_config'].get(name)} has changed since the "
                               "study started (its sha256 differs); restore it or start another --study")
+    _resume_writes(study_dir, old, meta)
+
+
+# --- where a study writes besides its results: recorded in study.json when it starts (sweep clean's list)
+def new_study_writes(storage: str | None, study: str) -> dict[str, Any]:
+    """``study.json``'s ``uid`` and ``writes`` for a new study: its task-prefix cache and Tune's storage, in the
+    study folder, or with ``--storage`` in a folder of its own there, ``<storage>/<study>-<uid>``."""
+    uid = secrets.token_hex(16)
+    if storage is None:
+        return {"uid": uid, "writes": {"in_study": list(STUDY_FOLDERS), "storage": None}}
+    folder = Path(storage).expanduser().resolve() / f"{study}-{uid[:12]}"
+    return {"uid": uid, "writes": {"in_study": [], "storage": str(folder)}}
+
+
+def _resume_writes(study_dir: Path, old: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A resume writes where the study did (its uid and folders become ``meta``'s); another ``--storage`` is
+    refused. A study from before the record wrote its default folders, and takes no ``--storage``."""
+    recorded = study_writes(old, study_dir)  # ResultsError for a record that is not the tool's
+    given = meta["writes"]["storage"]
+    before = recorded.storage.parent if recorded.storage is not None else None
+    if (Path(given).parent if given else None) != before:
+        raise ConfigError(f"--resume: --storage {Path(given).parent if given else '(none)'} differs from the "
+                          f"study's ({before or 'none: its folder'}); resume with the same --storage")
+    meta["uid"] = old.get("uid")
+    meta["writes"] = {"in_study": list(recorded.in_study),
+                      "storage": str(recorded.storage) if recorded.storage is not None else None}
+
+
+def storage_folder(study_dir: Path) -> Path:
+    """Where the study's task-prefix cache and Tune's storage go, from its ``study.json``."""
+    return study_writes(read_json_record(study_dir / STUDY_FILE), study_dir).storage or study_dir
+
+
+def prepare_storage(meta: dict[str, Any]) -> None:
+    """Create the study's ``--storage`` folder (marked with its uid), once its ``study.json`` records it."""
+    storage = meta["writes"]["storage"]
+    if storage is not None:
+        try:
+            make_storage_folder(Path(storage), meta["uid"])
+        except OSError as err:
+            raise ConfigError(f"--storage: cannot create {storage}: {err.strerror or err}") from None
+
+
+def resume_difference(key: str, study: Any, now: Any) -> str:
+    """What differs between the study's recorded ``key`` and this run's, naming only the entries that differ
+    (``base_config``: ``epochs is 5 here, 1 in the study``), never the whole mapping."""
+    if isinstance(study, dict) and isinstance(now, dict):
+        changed = [name for name in sorted({*study, *now}, key=str) if study.get(name) != now.get(name)]
+        shown = "; ".join(f"{name} is {_shown(now, name)} here, {_shown(study, name)} in the study"
+                          for name in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        return f"{key} differs from the study's: {shown}{more}"
+    return f"{key} differs from the study's: {now!r} here, {study!r} in the study"
+
+
+def _shown(mapping: dict[str, Any], name: str) -> str:
+    return repr(mapping[name]) if name in mapping else "unset"
 
 
 def check_writable(results_dir: Path) -> None:

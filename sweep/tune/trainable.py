@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
+from sweep.tune.staging import trial_folder, trial_prefix_dir
 from sweep.tune.trial import benchmark_from_arrays, run_trial, trial_config
 
 
@@ -36,9 +38,11 @@ def tune_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None
     config = trial_config(setup["base_config"], params)
     benchmark = benchmark_from_arrays(payload)
     node = ray.get_runtime_context().get_node_id()
+    where = trial_folder()  # this node's folder of the experiment: every report names it, the driver records it
+    wrote = {"wrote": asdict(where[0])} if where is not None else {}
 
     def report(metrics: dict[str, Any]) -> None:
-        tune.report({**metrics, "node": node} if metrics.get("final") else metrics)
+        tune.report({**metrics, **wrote, "node": node} if metrics.get("final") else {**metrics, **wrote})
 
     run_trial(config, benchmark, list(setup["seeds"]), report, device=trial_device(), objective=setup.get("objective"),
-              prefix_dir=setup.get("prefix_dir"))
+              prefix_dir=trial_prefix_dir(setup, node, where))

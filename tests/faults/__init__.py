@@ -13,22 +13,27 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.sitecustomize import (
+    HOLD_FILE_ENV,
     PAUSE_AFTER_WRITE_ENV,
     PAUSE_IN_WRITE_ENV,
+    PHASES,
     PID_DIR_ENV,
     RAISE_AT_LR_ENV,
+    SIGNAL_AT_ENV,
+    TRIAL_INFO_DIR_ENV,
+    VARIABLES,
 )
 
 FAULTS_DIR = Path(__file__).resolve().parent
 
-__all__ = ["PAUSE_AFTER_WRITE_ENV", "PAUSE_IN_WRITE_ENV", "PID_DIR_ENV", "RAISE_AT_LR_ENV", "fault_env",
-           "raising_at_lr"]
+__all__ = ["HOLD_FILE_ENV", "PAUSE_AFTER_WRITE_ENV", "PAUSE_IN_WRITE_ENV", "PHASES", "PID_DIR_ENV", "RAISE_AT_LR_ENV",
+           "SIGNAL_AT_ENV", "TRIAL_INFO_DIR_ENV", "fault_env", "raising_at_lr"]
 
 
 def fault_env(**variables: str) -> dict[str, str]:
     """Extra environment for a ``sweep run`` subprocess: this folder first on ``PYTHONPATH`` (so its
     ``sitecustomize`` runs in the driver and in Ray's workers) and the given ``SWEEP_TEST_*`` variables."""
-    unknown = set(variables) - {PID_DIR_ENV, RAISE_AT_LR_ENV, PAUSE_IN_WRITE_ENV, PAUSE_AFTER_WRITE_ENV}
+    unknown = set(variables) - set(VARIABLES)
     assert not unknown, f"no such fault: {sorted(unknown)}"
     path = os.pathsep.join(filter(None, [str(FAULTS_DIR), os.environ.get("PYTHONPATH")]))
     return {"PYTHONPATH": path, **variables}

@@ -20,6 +20,19 @@ whichever process imports it:
 ``SWEEP_TEST_PAUSE_AFTER_WRITE``
     seconds to sleep after a trial is committed to the Parquet files, before Optuna is told
     (between trials): wraps ``sweep.results.store.StudyStore.add``.
+``SWEEP_TEST_TRIAL_INFO_DIR``
+    every trial start writes ``<pid>.json`` there: its Tune trial id, the cluster's GCS address and its
+    niceness (``os.nice(0)``);
+``SWEEP_TEST_HOLD_FILE``
+    with the above: the trial then waits (at most 10 minutes) while this file exists, so a test can act
+    while a trial is surely running, and let it finish by removing the file.
+``SWEEP_TEST_SIGNAL_AT``
+    the driver sends itself SIGTERM once, at this start-up phase boundary (:data:`PHASES`): after the
+    options are validated, after the study lock is taken, after ray.init, inside ``optuna.create_study``
+    while it holds the journal's lock file, after the searcher is built, just before the first
+    ``Tuner.fit`` (the references', when there are any), or when the first trial starts. Only in the
+    driver: the process whose id is in ``SWEEP_TEST_DRIVER_PID``, which this file sets there (Ray's
+    processes inherit it from the driver).
 """
 
 from __future__ import annotations
@@ -27,8 +40,10 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.machinery
+import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -40,7 +55,14 @@ PID_DIR_ENV = "SWEEP_TEST_PID_DIR"
 RAISE_AT_LR_ENV = "SWEEP_TEST_RAISE_AT_LR"
 PAUSE_IN_WRITE_ENV = "SWEEP_TEST_PAUSE_IN_WRITE"
 PAUSE_AFTER_WRITE_ENV = "SWEEP_TEST_PAUSE_AFTER_WRITE"
-VARIABLES = (PID_DIR_ENV, RAISE_AT_LR_ENV, PAUSE_IN_WRITE_ENV, PAUSE_AFTER_WRITE_ENV)
+TRIAL_INFO_DIR_ENV = "SWEEP_TEST_TRIAL_INFO_DIR"
+HOLD_FILE_ENV = "SWEEP_TEST_HOLD_FILE"
+SIGNAL_AT_ENV = "SWEEP_TEST_SIGNAL_AT"
+DRIVER_PID_ENV = "SWEEP_TEST_DRIVER_PID"
+VARIABLES = (PID_DIR_ENV, RAISE_AT_LR_ENV, PAUSE_IN_WRITE_ENV, PAUSE_AFTER_WRITE_ENV, TRIAL_INFO_DIR_ENV,
+             HOLD_FILE_ENV, SIGNAL_AT_ENV)
+# SWEEP_TEST_SIGNAL_AT's phases, in the order a sweep meets them
+PHASES = ("validated", "locked", "ray_started", "in_create_study", "searcher_built", "before_fit", "trial_running")
 
 
 def check_lr(params: dict[str, Any], raise_at_lr: float | None) -> None:
@@ -49,10 +71,27 @@ def check_lr(params: dict[str, Any], raise_at_lr: float | None) -> None:
         raise RuntimeError(f"injected fault: trial with lr={lr:g} raised")
 
 
+def trial_info(info_dir: str, hold_file: str | None) -> None:
+    """In a trial: write what a test checks of it, then wait while ``hold_file`` exists."""
+    import ray
+    from ray import tune
+
+    info = {"pid": os.getpid(), "trial_id": tune.get_context().get_trial_id(), "nice": os.nice(0),
+            "gcs_address": ray.get_runtime_context().gcs_address}
+    tmp = Path(info_dir, f".{os.getpid()}.json.tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.rename(Path(info_dir, f"{os.getpid()}.json"))  # a reader sees all of it or nothing
+    deadline = time.monotonic() + 600
+    while hold_file and Path(hold_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def patch_trainable(module: ModuleType) -> None:
     original = module.tune_trainable
     pid_dir = os.environ.get(PID_DIR_ENV) or None
     raise_at_lr = float(os.environ[RAISE_AT_LR_ENV]) if os.environ.get(RAISE_AT_LR_ENV) else None
+    info_dir = os.environ.get(TRIAL_INFO_DIR_ENV) or None
+    hold_file = os.environ.get(HOLD_FILE_ENV) or None
 
     @functools.wraps(original)  # module and qualified name of the original: pickled by reference
     def tune_trainable(params: dict[str, Any], payload: Any = None, setup: Any = None) -> None:
@@ -60,6 +99,8 @@ def patch_trainable(module: ModuleType) -> None:
             from ray import tune
 
             Path(pid_dir, f"{os.getpid()}-{time.time_ns()}").write_text(tune.get_context().get_trial_id())
+        if info_dir:
+            trial_info(info_dir, hold_file)
         check_lr(params, raise_at_lr)
         original(params, payload=payload, setup=setup)
 
@@ -95,9 +136,73 @@ def patch_store(module: ModuleType) -> None:
         module.StudyStore.add = add_then_pause
 
 
+# --- SWEEP_TEST_SIGNAL_AT: SIGTERM to the driver itself, once, at one phase boundary
+_signalled: list[str] = []
+
+
+def signal_here(phase: str) -> None:
+    """SIGTERM to this process if it is the driver, ``phase`` is the one asked for, and it was not sent yet."""
+    if (os.environ.get(SIGNAL_AT_ENV) == phase and not _signalled
+            and os.environ.get(DRIVER_PID_ENV) == str(os.getpid())):
+        _signalled.append(phase)
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs in the main thread, at once: here
+
+
+def then_signal(function: Callable[..., Any], phase: str) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = function(*args, **kwargs)
+        signal_here(phase)
+        return result
+
+    return wrapper
+
+
+def patch_driver(module: ModuleType) -> None:
+    """The driver's own names for the functions that end each of its first phases."""
+    module.validate_options = then_signal(module.validate_options, "validated")
+    module.acquire_study_lock = then_signal(module.acquire_study_lock, "locked")
+    module.init_ray = then_signal(module.init_ray, "ray_started")
+    module.optuna_searcher = then_signal(module.optuna_searcher, "searcher_built")
+
+
+def patch_journal(module: ModuleType) -> None:
+    """Inside the journal's lock: Optuna's ``get_lock_file`` has acquired it, nothing is written yet."""
+    for name in ("JournalFileSymlinkLock", "JournalFileOpenLock"):
+        cls = getattr(module, name)
+        cls.acquire = then_signal(cls.acquire, "in_create_study")
+
+
+def patch_tuner(module: ModuleType) -> None:
+    fit = module.Tuner.fit
+
+    @functools.wraps(fit)
+    def signal_then_fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        signal_here("before_fit")
+        return fit(self, *args, **kwargs)
+
+    module.Tuner.fit = signal_then_fit
+
+
+def patch_callback(module: ModuleType) -> None:
+    """Tune calls every callback's ``on_trial_start`` (the sweep's sink inherits this one) when a trial starts."""
+    start = module.Callback.on_trial_start
+
+    @functools.wraps(start)
+    def on_trial_start(self: Any, *args: Any, **kwargs: Any) -> Any:
+        signal_here("trial_running")
+        return start(self, *args, **kwargs)
+
+    module.Callback.on_trial_start = on_trial_start
+
+
 PATCHES: dict[str, Callable[[ModuleType], None]] = {
     "sweep.tune.trainable": patch_trainable,
     "sweep.results.store": patch_store,
+    "sweep.tune.driver": patch_driver,
+    "optuna.storages.journal._file": patch_journal,
+    "ray.tune.tuner": patch_tuner,
+    "ray.tune.callback": patch_callback,
 }
 
 
@@ -138,6 +243,10 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     if any(os.environ.get(name) for name in VARIABLES):
+        if os.environ.get(SIGNAL_AT_ENV):
+            if os.environ.get(SIGNAL_AT_ENV) not in PHASES:
+                raise ValueError(f"{SIGNAL_AT_ENV}: no phase {os.environ[SIGNAL_AT_ENV]!r}; phases: {PHASES}")
+            os.environ.setdefault(DRIVER_PID_ENV, str(os.getpid()))  # the first process: the driver
         sys.meta_path.insert(0, _PatchOnImport())
 
 
