@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="PATH", type=expanded_path,
                         help="where to write the source model's state_dict")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    # not listed (it does not apply), but refused with a reason rather than as an unknown flag
+    parser.add_argument("--pretrained", default=None, help=argparse.SUPPRESS)
 
 
 def pretrain(
