@@ -27,9 +27,9 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: install quickstart sweep report test lint bench clean-study
 
-install:  ## torch first, from the pinned files pip resolves here, then the package and its dev tools
+install:  ## torch first, from the pinned files pip resolves here, then the package, its dev tools and the trackers
 	$(PYTHON) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,mlflow,wandb,tensorboard]"  # the trackers of --log: 29 MB, their tests
 
 # the quick start is a study of its own (results/quickstart, search_spaces/quickstart.yaml): `make sweep
 # STRATEGY=ewc` after it starts its own study, and widening ewc.yaml never changes what the quick start shows

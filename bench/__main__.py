@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from bench import fisher, memory, prefix_reuse, sweep_overhead, threads_under_load, trial_speed
-from bench.common import REPO, Row, Settings, default_data_root, ray_env, unavailable
+from bench import fisher, memory, prefix_reuse, pruning, sweep_overhead, threads_under_load, trial_speed
+from bench.common import REPO, REPORTED, Row, Settings, default_data_root, ray_env, unavailable
 
 # row module -> its run(settings); explicit, in the order they run (prefix reuse last)
 ROWS: dict[str, Callable[..., list[Row]]] = {
@@ -29,9 +29,10 @@ ROWS: dict[str, Callable[..., list[Row]]] = {
     "threads_under_load": threads_under_load.run,
     "sweep_overhead": sweep_overhead.run,
     "memory": memory.run,
+    "pruning": pruning.run,  # the longest: 24-trial sweeps with and without --prune (~1 h in full mode)
     "prefix_reuse": prefix_reuse.run,
 }
-RAY_ROWS = ("sweep_overhead", "memory", "prefix_reuse")
+RAY_ROWS = ("sweep_overhead", "memory", "pruning", "prefix_reuse")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the timed runs (default: 1, "
                         "what a sweep trial with --cpus-per-trial 1 gets)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary studies under bench/out/work")
+    parser.add_argument("--no-all-cores", dest="all_cores", action="store_false",
+                        help="skip the trial rows' extra runs with torch on every core (a machine shared with other "
+                             "jobs; the threads_under_load row runs on every core regardless)")
     return parser.parse_args(argv)
 
 
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         print("--device cuda: no CUDA device is visible to torch here", file=sys.stderr)
         return 2
     data_root = (args.data_root or default_data_root()).resolve()
-    settings = Settings(device=args.device, quick=args.quick, data_root=data_root, threads=args.threads, keep=args.keep)
+    settings = Settings(device=args.device, quick=args.quick, data_root=data_root, threads=args.threads, keep=args.keep,
+                        all_cores=args.all_cores)
     torch.set_num_threads(settings.threads)
     os.environ.setdefault("SWEEP_DATA_ROOT", str(settings.data_root))
     selected = args.only or list(ROWS)
@@ -127,10 +132,14 @@ def _ratio(row: Row) -> str:
         return "-"
     if row.ratio_label == "share lost":
         return f"{row.ratio:.1%} lost"
+    if row.ratio_label == "share of the wall time":
+        return f"{row.ratio:.1%} of wall"
     if row.ratio_label == "max relative error":
         return f"{row.ratio:.2g}"
     if "points" in row.ratio_label:
         return f"{row.ratio:.2f} pts"
+    if row.ratio_label == "stds apart":  # the pruning row's choice: a gap in the choice's std over seeds
+        return f"{row.ratio:.2f} std"
     digits = 3
     while digits < 7 and _rounds_across(row.ratio, float(f"{row.ratio:.{digits}g}"), row.target_value):
         digits += 1  # 1.7996 must not print as 1.8 next to a target of 1.8 and a FAIL
@@ -149,6 +158,8 @@ def format_table(rows: list[Row]) -> str:
         if row.checked is not None:
             target = f"{target} (got {row.checked:.3g})"
         verdict = {True: "PASS", False: "FAIL", None: row.status.upper()}[row.passed]
+        if row.target_op == REPORTED and row.status == "ok":
+            verdict = "REPORTED"
         lines.append((row.row, _num(row.ours, row.unit), _num(row.reference, row.unit), _ratio(row), target, verdict))
     widths = [max(len(str(cells[i])) for cells in [header, *lines]) for i in range(len(header))]
     out = [" | ".join(str(c).ljust(w) for c, w in zip(header, widths)),

@@ -56,11 +56,12 @@ class SweepRun:
     samples: int = 0
 
 
-_QUICK_RUNS: dict[tuple[int, int, int, bool | None], SweepRun] = {}
+_QUICK_RUNS: dict[tuple[int, int, int, bool | None, int | None], SweepRun] = {}
 
 
 def measured_sweep(settings: Settings, *, trials: int, concurrent: int, seeds: int = 1,
-                   prefix_cache: bool | None = None, own_ray: bool = False, sample_memory: bool = False) -> SweepRun:
+                   prefix_cache: bool | None = None, own_ray: bool = False, sample_memory: bool = False,
+                   epochs: int | None = None) -> SweepRun:
     """Run one sweep and read its tables back.
 
     Args:
@@ -70,16 +71,19 @@ def measured_sweep(settings: Settings, *, trials: int, concurrent: int, seeds: i
         prefix_cache: the option's value; None leaves the package's default.
         own_ray: start a fresh local Ray for this sweep (reused if one runs); False lets ``run_sweep`` start it.
         sample_memory: sample the process tree's memory while it runs.
+        epochs: epochs per task for every trial; None: the space's (1).
 
     In ``--quick`` the same request is served once per process: the smoke mode shares sweeps
     between rows (and always samples memory), so that it stays well under a minute.
     """
     import pandas as pd
 
-    key = (trials, concurrent, seeds, prefix_cache)
+    key = (trials, concurrent, seeds, prefix_cache, epochs)
     if settings.quick and key in _QUICK_RUNS:
         return _QUICK_RUNS[key]
-    extra = {} if prefix_cache is None else {"prefix_cache": prefix_cache}
+    extra: dict[str, Any] = {} if prefix_cache is None else {"prefix_cache": prefix_cache}
+    if epochs is not None:
+        extra["epochs"] = epochs
     with studies_dir(settings, f"t{trials}-c{concurrent}-p{prefix_cache}") as results:
         options = sweep_options(settings, results, "study", trials=trials, concurrent=concurrent, seeds=seeds, **extra)
         with local_ray() if own_ray else nullcontext(), MemorySampler(enabled=sample_memory or settings.quick) as mem:

@@ -23,7 +23,7 @@ loop that does what the trainer does gets the trainer's numbers, bit for bit.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +39,17 @@ from sweep.models import freeze_layers, named_layers
 from sweep.strategies.distill import _frozen_copy, distillation_term
 from sweep.strategies.ewc import EWC
 from sweep.strategies.fisher import ESTIMATORS, fisher_diagonal
+from sweep.strategies.interp import interpolate_states
 from sweep.strategies.l2sp import L2SP
+from sweep.strategies.lpft import head_parameters
 from sweep.strategies.registry import parse_strategy
 from sweep.strategies.replay import balanced_quotas
-from sweep.train.optim import make_optimizer
+from sweep.train.optim import make_optimizer, task_schedule
 
 __all__ = [
     "Chosen", "DistillationLoss", "EWCPenalty", "L2SPPenalty", "compute_fisher", "freeze_layers", "from_chosen",
-    "layer_names", "make_optimizer", "param_groups", "replay_indices", "torch_threads",
+    "head_parameters", "interpolate", "layer_names", "make_optimizer", "param_groups", "replay_indices",
+    "torch_threads",
 ]
 
 
@@ -213,6 +216,18 @@ class DistillationLoss:
         return self.alpha * ce + self.penalty(x, student_logits)
 
 
+def interpolate(model: nn.Module, before_state: dict[str, Tensor], alpha: float) -> nn.Module:
+    """WiSE-FT: set ``model``'s weights to ``(1 - alpha) * before_state + alpha * its own`` in place, and return it.
+
+    ``before_state`` is ``model.state_dict()`` copied before the fine-tune (e.g. the pretrained weights);
+    the arithmetic is the trainer's (:func:`sweep.strategies.interp.interpolate_states`), so α = 0 gives the
+    weights before exactly and α = 1 the fine-tune's."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"interpolation alpha must be in [0, 1], got {alpha!r}")
+    model.load_state_dict(interpolate_states(before_state, model.state_dict(), float(alpha)))
+    return model
+
+
 def layer_names(model: nn.Module) -> list[str]:
     """The layers ``frozen_layers`` and ``lr_decay`` count, in order (e.g. stem, layer1..layer4, head)."""
     return [name for name, _ in named_layers(model)]
@@ -278,6 +293,16 @@ class Chosen:
     def distillation(self, teacher: nn.Module, *, classes: Sequence[int] | None = None) -> DistillationLoss:
         return DistillationLoss(teacher, self.config.distill_temperature, self.config.distill_alpha, classes=classes)
 
+    @property
+    def interp_alpha(self) -> float:
+        """The α to interpolate the fine-tune with (the last task's, for a two-task fine-tune)."""
+        c = self.config
+        return c.interp_last_alpha if c.interp_last_alpha is not None else c.interp_alpha
+
+    def interpolate(self, model: nn.Module, before_state: dict[str, Tensor]) -> nn.Module:
+        """:func:`interpolate` with the chosen α."""
+        return interpolate(model, before_state, self.interp_alpha)
+
     def freeze(self, model: nn.Module) -> list[nn.Parameter]:
         """Freeze the chosen number of leading layers; returns the parameters left to train."""
         return freeze_layers(model, self.config.frozen_layers)
@@ -287,6 +312,20 @@ class Chosen:
         c = self.config
         groups = param_groups(model, self.finetune_lr, c.lr_decay, c.frozen_layers)
         return make_optimizer(c.optimizer, groups, self.finetune_lr, c.weight_decay)
+
+    @property
+    def lp_epochs(self) -> int:
+        """LP-FT's probing epochs (0 unless the strategy has ``lpft``): train only :func:`head_parameters` first,
+        with an optimizer of its own, then fine-tune with :meth:`optimizer`."""
+        return self.config.lp_epochs if "lpft" in self.components else 0
+
+    def lr_factor(self, steps_per_epoch: int) -> Callable[[int], float]:
+        """``step -> factor`` of the fine-tune's learning rate (``warmup_epochs`` then ``lr_schedule``), step
+        counted from the fine-tune's first, the probe's included; multiply each group's lr by it before each step,
+        e.g. ``torch.optim.lr_scheduler.LambdaLR(optimizer, chosen.lr_factor(n))`` stepped after each step."""
+        c = self.config
+        total = steps_per_epoch * (c.epochs + self.lp_epochs)
+        return task_schedule(c.warmup_epochs, c.lr_schedule, steps_per_epoch, total) or (lambda step: 1.0)
 
 
 def from_chosen(path: str | os.PathLike[str]) -> Chosen:

@@ -51,10 +51,13 @@ class _TrainConfigMethods:
         hidden: tuple[int, ...]
         init_weights: str | None
         pretrained: str | None
+        dropout: float
         optimizer: str
         lr: float
         finetune_lr: float | None
         lr_decay: float
+        warmup_epochs: float
+        lr_schedule: str
         early_stop_patience: int
         epochs: int
         batch_size: int
@@ -69,10 +72,16 @@ class _TrainConfigMethods:
         ewc_gamma: float
         distill_temperature: float
         distill_alpha: float
+        feature_distill_weight: float
+        feature_distill_layers: str
         replay_size: int
         replay_ratio: float
         l2sp_lambda: float
         frozen_layers: int
+        interp_alpha: float
+        interp_last_alpha: float | None
+        interp_grid: int
+        lp_epochs: int
 
         def __init__(self, **values: Any) -> None: ...
 

@@ -30,6 +30,7 @@ SETTING = "setting"  # what a study asks (benchmark, model) or where and how it 
 # label space shared by every task (see docs/design.md)
 SCENARIOS = ("class", "task", "domain")
 OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")  # the learning rate of tasks 2..T after its warmup
 # the built-in benchmarks and strategies, torch-free (the help lists them); tests keep them equal to
 # sweep.data.benchmarks.BENCHMARKS and sweep.strategies.registry.STRATEGIES
 STRATEGY_NAMES = tuple(STRATEGY_ROWS)
@@ -136,6 +137,7 @@ class HParam:
     recorded: bool = True
     active_when: dict[str, Any] = field(default_factory=dict, compare=False)
     names: str = ""  # the help's allowed values where they are not choices (a composed strategy, a benchmark)
+    pattern: str = ""  # a string must match this regular expression, whole; names says in words what it allows
     bounds: Range | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -186,6 +188,8 @@ class HParam:
             if self.choices and value not in self.choices and not (self.entry_point and ENTRY_POINT.match(value)):
                 raise ConfigError(f"{label} {value!r} is unknown; allowed: {self._choices_text()}"
                                   f"{did_you_mean(value, self.choices)}")
+            if self.pattern and not re.fullmatch(self.pattern, value):
+                raise ConfigError(f"{label} {value!r} is not allowed; allowed: {self.names}")
             if self.path == "file" and not value.strip():
                 raise ConfigError(f"{label} must be a path to a file, got {value!r}")
             if self.path and value:
@@ -207,6 +211,8 @@ class HParam:
             return value
         kind = "list of int" if self.type is tuple else self.type.__name__
         extra = " (YAML reads 1e-4 as a string: write 1.0e-4)" if isinstance(value, str) and _numeric(value) else ""
+        if self.type is str and self.pattern and _is_int(value):
+            extra = f" (quote it in YAML: '{value}')"
         raise ConfigError(f"{label} must be {kind}, got {value!r}{extra}")
 
     def _choices_text(self) -> str:
@@ -283,6 +289,9 @@ _MODEL = (
            "keep their initialisation", path="file", nullable=True, kind=SETTING, per_sweep=True),
     HParam("pretrained", str, None, "state_dict after the source task: task 1 is then evaluated, not trained",
            path="file", nullable=True, kind=SETTING, per_sweep=True),
+    HParam("dropout", float, 0.0, "dropout rate after each hidden layer of the built-in mlp and before the cnn's "
+           "head, its masks drawn from the run's own generator; 0: none (another model refuses more)",
+           range="[0, 1)"),
 )
 _TRAINER = (  # the trainer owns every optimizer step
     HParam("optimizer", str, "adam", "the optimizer of every task", choices=OPTIMIZERS),
@@ -291,6 +300,10 @@ _TRAINER = (  # the trainer owns every optimizer step
            range="> 0", nullable=True, first_task=2),
     HParam("lr_decay", float, 1.0, "tasks 2..T: layer k of L learns at lr·decay^(L-1-k), so early layers move less; "
            "1: off", range="(0, 1]", first_task=2),
+    HParam("warmup_epochs", float, 0.0, "tasks 2..T: epochs (fractions allowed) over which each task's learning rate "
+           "rises linearly to lr, step k of n at lr·k/n; 0: off", range=">= 0", first_task=2),
+    HParam("lr_schedule", str, "constant", "tasks 2..T: the learning rate after the warmup; cosine decays it to 0 "
+           "by the task's end", choices=LR_SCHEDULES, first_task=2),
     HParam("early_stop_patience", int, 0, "tasks 2..T: stop after this many epochs without a better validation "
            "accuracy; 0: off", range=">= 0", first_task=2),
     HParam("epochs", int, 1, "epochs per task; 1 is enough to learn a Split-MNIST task to >95%", range=">= 1"),
@@ -320,9 +333,9 @@ FIELD_NAMES = tuple(BY_NAME)  # TrainConfig's fields, in order
 DEFAULTS: dict[str, Any] = {row.name: row.default for row in ROWS}
 # every hyperparameter a trial can carry; each becomes the Parquet column f"hp_{name}"
 HYPERPARAMETERS = tuple(row.name for row in ROWS if row.kind == HYPERPARAMETER)
-# knobs every strategy has: the trainer's own, and those of the components built beside any strategy
+# knobs every strategy has: the trainer's and the model's own, and those of the components built beside any strategy
 GENERAL_PARAMS = tuple(row.name for row in ROWS if row.kind == HYPERPARAMETER
-                       and (row.owner == "trainer" or row.owner in EVERY_STRATEGY))
+                       and (row.owner in ("trainer", "model") or row.owner in EVERY_STRATEGY))
 # set per sweep on the command line, never searched or fixed in a space file
 SWEEP_LEVEL = tuple(row.name for row in ROWS if row.per_sweep)
 # the settings a search space may fix (hidden, val_fraction): what every trial of the space shares

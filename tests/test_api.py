@@ -41,6 +41,7 @@ def hand_written_loop(config: TrainConfig, bench: Benchmark) -> tuple[np.ndarray
     T = bench.num_tasks
     val, test = np.full((T, T), np.nan), np.full((T, T), np.nan)
     for t, task in enumerate(bench.tasks):
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}  # for interpolation
         if t == 0:
             params = api.freeze_layers(model, 0)
             optimizer = torch.optim.Adam(params, lr=config.lr, fused=True)  # what the trainer uses
@@ -63,6 +64,8 @@ def hand_written_loop(config: TrainConfig, bench: Benchmark) -> tuple[np.ndarray
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+        if "interp" in parts and t > 0:  # first: the Fisher below sees the interpolated weights
+            api.interpolate(model, before, config.interp_alpha)
         if "ewc" in parts:
             fisher = api.compute_fisher(model, task.train.x, task.train.y, estimator=config.fisher,
                                         classes=task.classes, batch_size=config.batch_size)
@@ -89,6 +92,8 @@ CASES = {
     "ewc": {"strategy": "ewc", "ewc_lambda": 1000.0},
     "ewc-empirical-5-tasks": {"strategy": "ewc", "ewc_lambda": 100.0, "fisher": "empirical", "num_tasks": 5},
     "distill": {"strategy": "distill", "distill_alpha": 0.3, "distill_temperature": 2.0},
+    # interpolation first when a task ends, whatever the order of the names
+    "interp+ewc-5-tasks": {"strategy": "interp+ewc", "ewc_lambda": 100.0, "interp_alpha": 0.6, "num_tasks": 5},
     "l2sp+freeze+lr_decay": {"strategy": "l2sp+freeze", "l2sp_lambda": 0.5, "frozen_layers": 1, "lr_decay": 0.5,
                              "finetune_lr": 5e-4},
 }

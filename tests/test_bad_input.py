@@ -240,6 +240,19 @@ def _run_sweep(w: Path, **options: object) -> object:
     return run_sweep(SweepOptions(results_dir=str(w / "results"), quiet=True, **options))  # type: ignore[arg-type]
 
 
+def _run_sweep_without(w: Path, module: str, **options: object) -> object:
+    """``run_sweep`` where ``module`` is not installed: None in ``sys.modules`` is what ``import`` sees then."""
+    saved = sys.modules.get(module)
+    sys.modules[module] = None  # type: ignore[assignment]
+    try:
+        return _run_sweep(w, **options)
+    finally:
+        if saved is None:
+            del sys.modules[module]
+        else:
+            sys.modules[module] = saved
+
+
 CASES = [
     # sweep (no or unknown command)
     cli("no command", "command"),
@@ -304,6 +317,8 @@ CASES = [
     cli("run: study name with a newline", "control character", *RUN, "--study", "two\nlines"),
     cli("run: study naming a file", "a-file", *RUN, "--study", "a-file"),
     cli("run: model larger than memory", "hidden", *RUN, "--hidden", ",".join(["65536"] * 8)),
+    cli("run: misspelt tracker", "--log 'tensorbord' is unknown; allowed: mlflow, wandb, tensorboard (did you mean "
+        "'tensorboard'?)", *RUN, "--log", "mlflow,tensorbord"),
     # sweep run: search-space YAML
     cli("space: not YAML", "not valid YAML", *RUN, "--space", "{w}/space/bad-yaml.yaml"),
     cli("space: params a list", "params", *RUN, "--space", "{w}/space/params-list.yaml"),
@@ -386,6 +401,8 @@ CASES = [
     api("run_sweep: zero trials", "--trials", ConfigError, lambda w: _run_sweep(w, trials=0)),
     api("run_sweep: nested study", "a/b", ConfigError, lambda w: _run_sweep(w, study="a/b")),
     api("run_sweep: unknown sampler", "grid", ConfigError, lambda w: _run_sweep(w, sampler="grid")),
+    api("run_sweep: a tracker not installed", "--log wandb needs the Python package wandb, which is not installed: "
+        "pip install -e '.[wandb]'", ConfigError, lambda w: _run_sweep_without(w, "wandb", log=("wandb",))),
 ]
 CLI_CASES = [case for case in CASES if case.call is None]
 

@@ -28,7 +28,17 @@ from sweep.strategies.base import (
     TaskContext,
 )
 from sweep.strategies.registry import STRATEGIES, Composite, build_strategy
-from sweep.train.trainer import EpochReport, TaskReport, iter_sequence, masked_logits, train_sequence
+from sweep.train.trainer import (
+    EpochReport,
+    TaskReport,
+    build_run,
+    iter_sequence,
+    load_benchmark,
+    masked_logits,
+    train_sequence,
+)
+from sweep.tune.options import SweepOptions, base_config
+from sweep.tune.search_space import DEFAULT_SPACES_DIR, Param, SearchSpace, load_space
 from sweep.tune.trial import run_trial
 
 CONFIG = TrainConfig(hidden=(32, 32), epochs=2, batch_size=32)  # split-digits: ~650 images per task
@@ -75,7 +85,10 @@ def test_new_hooks_default_to_no_ops(spec: str, digits):
         strategy.before_task(ctx)
         params = list(model.parameters())
         assert strategy.trainable_parameters(ctx, params) is params
-        assert tuple(strategy.phases(t)) == WHOLE_TASK
+        if "lpft" in spec.split("+") and t > 0:  # the hook LP-FT exists for: probe the head, then fine-tune
+            assert [(p.name, p.epochs) for p in strategy.phases(t)] == [("probe", CONFIG.lp_epochs), ("tune", None)]
+        else:
+            assert tuple(strategy.phases(t)) == WHOLE_TASK
         assert all(strategy.lr_factor(t, step, 20) == 1.0 for step in (0, 7, 19))
         assert strategy.feature_layers(t) == ()
         assert all(strategy.eval_model(ctx, i) is model for i in range(digits.num_tasks))
@@ -503,3 +516,43 @@ def test_composite_refuses_two_parts_that_each_define_a_single_valued_hook(hook:
     with pytest.raises(ConfigError, match=f"'a\\+b\\+c': a and c each define {hook}; at most one component may"):
         call(both, ctx)
     call(Composite([Toy("a", **kwargs), Toy("b")]), ctx)  # one is fine
+
+
+# --- every registered strategy, every shipped space, trained at the corners of its ranges -----------
+
+SPACE_FILES = sorted(DEFAULT_SPACES_DIR.glob("*.yaml"))
+
+
+def top(p: Param) -> float | int:
+    """A numeric parameter's highest value Optuna can draw (an int range ends on its step's grid)."""
+    assert p.low is not None and p.high is not None
+    return p.high if p.kind == "float" else p.low + (p.high - p.low) // p.step * p.step
+
+
+def corners(space: SearchSpace) -> list[dict]:
+    """Every range at both ends (first every low, then every high: corners of the box, the strategy's
+    knobs at their extremes together) and every categorical choice at least once."""
+    runs = max([2, *(len(p.choices) for p in space.params)])
+    return [{p.name: p.choices[min(i, len(p.choices) - 1)] if p.kind == "categorical" else (p.low if i % 2 == 0
+             else top(p)) for p in space.params} for i in range(runs)]
+
+
+def test_every_registered_strategy_has_a_shipped_space():
+    assert set(STRATEGIES) <= {path.stem for path in SPACE_FILES}
+
+
+@pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.stem)
+def test_every_space_trains_at_the_corners_of_its_ranges(path: Path):
+    """What a sweep of the shipped space can draw builds, trains (at least a step on every task) and finishes,
+    at the sweep's defaults (split-digits, task-incremental) and one epoch unless the space searches epochs."""
+    space = load_space(path)
+    searched = {p.name for p in space.params}
+    base = base_config(SweepOptions(strategy=space.strategy, epochs=None if "epochs" in searched else 1), space)
+    benchmark = load_benchmark(TrainConfig.from_mapping(base))
+    for values in corners(space):
+        config = TrainConfig.from_mapping({**base, **values}, source=f"{path.name} at {values}")
+        model, strategy = build_run(config, benchmark)
+        result = train_sequence(benchmark, model, strategy, config)
+        assert result.status == "finished", (values, result.reason)
+        assert result.compute_first.optimizer_steps >= 1 and result.compute.optimizer_steps >= 1, values
+        assert np.isfinite(result.val).all(), values

@@ -53,14 +53,16 @@ def test_prefix_free_change_shares_the_entry_and_anything_else_does_not():
     assert prefix_key(config.replace(threads=2), benchmark) == key  # how fast, not what: threads never split the cache
     changed = {"seed": 1, "lr": 2e-3, "epochs": 2, "batch_size": 32, "fisher": "empirical", "fisher_samples": 10,
                "replay_size": 31, "hidden": (128, 128), "optimizer": "sgd", "weight_decay": 1e-4,
-               "strategy": "ewc+replay", "ewc_mode": "online"}
+               "strategy": "ewc+replay", "ewc_mode": "online", "dropout": 0.2}
     for field, value in changed.items():
         other = config.replace(**{field: value}, **({"frozen_layers": 0} if field == "strategy" else {}))
         assert prefix_key(other, benchmark) != key, field
     assert all(f.name in free or f.name in changed or f.name in (
         "benchmark", "scenario", "num_tasks", "class_order", "data_root", "val_fraction", "model", "ewc_gamma",
         "distill_temperature", "distill_alpha", "l2sp_lambda", "lr_decay", "early_stop_patience", "init_weights",
-        "pretrained", "threads") for f in dataclasses.fields(TrainConfig))
+        "pretrained", "threads", "lp_epochs", "feature_distill_weight", "feature_distill_layers", "interp_alpha",
+        "interp_last_alpha", "interp_grid")
+        for f in dataclasses.fields(TrainConfig))
 
 
 def test_a_corrupt_entry_is_recomputed(tmp_path: Path):

@@ -20,8 +20,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 # smoke sizes, appended to the README's own commands
 QUICKSTART_SMOKE = ["-o", "install", "QUICKSTART_TRIALS=3", "QUICKSTART_SEEDS=2"]  # -o install: installed already
 SWEEP_SMOKE = ["TRIALS=2", "SEEDS=1", "EPOCHS=1"]
-COPY_IGNORE = shutil.ignore_patterns(".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis",
-                                     "__pycache__", "*.egg-info", "results", "data", "out")
+_CACHES = shutil.ignore_patterns(".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis",
+                                 "__pycache__", "*.egg-info")
+# what a working tree holds besides the code, by where it is: never sweep/results or sweep/data, the packages
+_OUTPUTS = {REPO / "results", REPO / "bench" / "out", REPO / "tests" / "data"}
+
+
+def COPY_IGNORE(folder: str, names: list[str]) -> set[str]:
+    return set(_CACHES(folder, names)) | {name for name in names if Path(folder, name) in _OUTPUTS}
 
 
 def section_blocks(readme: str, title: str) -> list[list[str]]:

@@ -343,8 +343,10 @@ def test_a_resume_must_keep_the_study_s_storage(tmp_path: Path):
     shutil.copytree(V2_STUDY, study)  # from before the record: it wrote its own cache/ and ray/
     before = listing(tmp_path)
     with pytest.raises(ConfigError, match="--storage"):
+        # the landed ewc.yaml the study was swept with (a resume refuses a changed space before the storage)
         run_sweep(SweepOptions(strategy="ewc", trials=1, seeds=2, epochs=1, results_dir=str(tmp_path / "results"),
-                               study="v2", resume=True, storage=str(tmp_path), quiet=True))
+                               study="v2", resume=True, storage=str(tmp_path), quiet=True,
+                               space_file=str(REPO / "tests" / "data" / "study_v2_ewc.yaml")))
     assert listing(tmp_path) == before
 
 

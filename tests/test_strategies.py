@@ -26,15 +26,17 @@ from sweep.strategies.registry import STRATEGIES, build_strategy, parse_strategy
 from sweep.strategies.replay import Replay, balanced_quotas
 from sweep.train.trainer import SequenceResult, masked_logits, train_sequence
 
-COMBOS = ("ewc+replay+freeze", "distill+replay", "ewc+l2sp")
+COMBOS = ("ewc+replay+freeze", "distill+replay", "ewc+l2sp", "ewc+lpft", "ewc+distill+freeze")  # last: the mission
 SPECS = (*STRATEGIES, *COMBOS)
 SCENARIOS = ("task", "class")
 PENALISED = {"ewc", "l2sp", "distill"}  # components whose penalty() must be a finite loss with gradients
 # a setting that makes each component active, and one that must make it naive, bit for bit
 ACTIVE = {"ewc": {"ewc_lambda": 100.0}, "distill": {"distill_alpha": 0.5}, "replay": {"replay_size": 60},
-          "l2sp": {"l2sp_lambda": 1.0}, "freeze": {"frozen_layers": 1}}
+          "l2sp": {"l2sp_lambda": 1.0}, "freeze": {"frozen_layers": 1}, "lpft": {"lp_epochs": 1},
+          "interp": {"interp_alpha": 0.5}}
 NEUTRAL = {"ewc": {"ewc_lambda": 0.0}, "distill": {"distill_alpha": 1.0}, "replay": {"replay_size": 0},
-           "l2sp": {"l2sp_lambda": 0.0}, "freeze": {"frozen_layers": 0}, "naive": {}}
+           "l2sp": {"l2sp_lambda": 0.0}, "freeze": {"frozen_layers": 0}, "naive": {}, "lpft": {"lp_epochs": 0},
+           "interp": {"interp_alpha": 1.0}}
 BASE = {"hidden": (32, 32), "epochs": 2, "batch_size": 32}  # split-digits: ~650 images per task, 0.1 s a run
 
 
@@ -130,7 +132,9 @@ def test_other_neutral_settings_reproduce_naive_exactly(spec: str, settings: dic
 
 PREFIX_FREE_VALUES = {  # two values of each field a strategy declares unused until task 2
     "ewc_lambda": (0.0, 100.0), "l2sp_lambda": (0.0, 1.0), "distill_alpha": (1.0, 0.5),
-    "distill_temperature": (1.0, 4.0), "replay_ratio": (0.0, 0.5), "frozen_layers": (0, 1),
+    "distill_temperature": (1.0, 4.0), "replay_ratio": (0.0, 0.5), "frozen_layers": (0, 1), "lp_epochs": (0, 2),
+    "feature_distill_weight": (0.0, 1.0), "feature_distill_layers": ("-2", "0,1"),
+    "interp_alpha": (1.0, 0.3), "interp_last_alpha": (None, 0.0), "interp_grid": (0, 3),
 }
 
 

@@ -156,18 +156,23 @@ def _read_checked(file: Path, required: tuple[str, ...]) -> pd.DataFrame:
             )
     _check_numeric(file, table)
     missing = [column for column in required if column not in columns]
-    # a hyperparameter column the file lacks was added after it was written: null, the default of its time;
+    # a hyperparameter column the file lacks was added after it was written: null, the default of its time
+    # (so are the pruning and compute columns: a study from before them pruned nothing and counted nothing);
     # any other column missing, and the file is of another schema (every missing column is named)
-    absent = missing if set(missing) <= set(schema.HP_COLUMNS) else []
-    if missing and not absent:
-        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        raise ResultsError(f"{file} lacks column(s) {shown} of schema version {schema.SCHEMA_VERSION}")
+    absent = [column for column in missing if column in schema.OPTIONAL_COLUMNS]
+    other = [column for column in missing if column not in schema.OPTIONAL_COLUMNS]
+    if other:  # named first; then the optional ones it lacks (a file of this schema may lack those)
+        shown = ", ".join(other[:8]) + (f" and {len(other) - 8} more" if len(other) > 8 else "")
+        optional = (f" (and optional ones: {', '.join(absent[:5])}" + (
+            f" and {len(absent) - 5} more)" if len(absent) > 5 else ")")) if absent else ""
+        raise ResultsError(f"{file} lacks column(s) {shown} of schema version {schema.SCHEMA_VERSION}{optional}")
     try:
         frame = table.to_pandas()
     except (pa.ArrowException, ValueError, TypeError) as err:
         raise ResultsError(f"cannot convert {file} to a table: {err}") from err
     for column in absent:
-        frame[column] = pd.Series([None] * len(frame), index=frame.index, dtype=_HP_DTYPES[column])
+        dtype = _HP_DTYPES.get(column, "object" if column == schema.DERIVED_COLUMN else "float64")
+        frame[column] = pd.Series([None] * len(frame), index=frame.index, dtype=dtype)
     return frame
 
 

@@ -20,7 +20,14 @@ import pandas as pd
 from sweep.analysis import pareto, plots
 from sweep.analysis.choose import Choice, choose, format_choice, plain_scalar
 from sweep.analysis.io import Study, write_atomic
-from sweep.analysis.report_tables import TOP_TRIALS, failed_table, references_table, setup_table, top_trials_table
+from sweep.analysis.report_tables import (
+    TOP_TRIALS,
+    failed_table,
+    pruned_table,
+    references_table,
+    setup_table,
+    top_trials_table,
+)
 from sweep.results import schema
 
 if TYPE_CHECKING:
@@ -254,6 +261,7 @@ def build_report(
         *_sensitivity_section(study, split),
         *_choice_section(choice, default),
         *_matrix_section(study, choice, split),
+        *(["<h2>Pruned trials</h2>", pruned] if (pruned := pruned_table(study)) else []),
         "<h2>Errored and diverged trials</h2>",
         failed_table(study),
     ]

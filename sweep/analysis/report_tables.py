@@ -52,7 +52,11 @@ def setup_table(study: Study) -> str:
     """The study's settings, trial counts, seeds and versions."""
     trials = study.trials
     search = trials[trials["role"] == "search"]
+    derived = search[search[schema.DERIVED_COLUMN].notna()] if schema.DERIVED_COLUMN in search else search.iloc[:0]
+    search = search.drop(derived.index)  # trials trained; their free variants (an α grid) are counted apart
     by_status = ", ".join(f"{(search['status'] == s).sum()} {s}" for s in schema.STATUSES)
+    if len(derived):
+        by_status += f"; and {len(derived)} points of their free α grids (no training of their own)"
     statuses = {role: _unique(trials.loc[trials["role"] == role, "status"]) for role in ("naive", "joint")}
     references = ", ".join(f"{role}: {'missing' if s == '?' else s}" for role, s in statuses.items())
     rows = [
@@ -152,11 +156,41 @@ def references_table(study: Study) -> str:
 
 
 def failed_table(study: Study) -> str:
-    """Every trial that did not finish, with why."""
-    failed = study.trials[study.trials["status"] != "finished"]
+    """Every trial that errored or diverged, with why (pruned ones have a section of their own)."""
+    failed = study.trials[~study.trials["status"].isin(["finished", "pruned"])]
     if failed.empty:
-        return "<p>None: every trial finished.</p>"
+        return "<p>None.</p>"
     return html_table(
         ["trial", "role", "status", "reason"],
         [[r["trial_id"], r["role"], r["status"], r["reason"]] for _, r in failed.iterrows()],
     )
+
+
+def pruned_table(study: Study) -> str:
+    """The trials ``--prune`` stopped: where, what they had reached there (partial values, never on the
+    front), and the compute the search saved."""
+    from sweep.analysis.compute import pruning_savings
+
+    trials = study.trials
+    pruned = trials[trials["status"] == "pruned"]
+    if pruned.empty:
+        return ""
+    savings = pruning_savings(trials)
+    note = f"<p>{html.escape(savings.sentence())}.</p>" if savings is not None else ""
+    rows = []
+    for _, r in pruned.sort_values(["pruned_task", "pruned_epoch"], na_position="last").iterrows():
+        epoch = r["pruned_epoch"]
+        where = f"task {int(r['pruned_task'])} " + ("end" if pd.isna(epoch) else f"epoch {int(epoch)}")
+        rows.append([r["trial_id"], where, _percent(r["partial_val_stability_mean"]),
+                     _percent(r["partial_val_plasticity_mean"]), r["reason"]])
+    return ("<p>Stopped at a rung because they were dominated there: their values are partial (the tasks and "
+            "epochs reached), they are kept out of the front and of <code>sweep choose</code>.</p>" + note
+            + html_table(["trial", "stopped at", "stability % there", "plasticity % there", "why"], rows))
+
+
+def _percent(value: object) -> str:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if number != number else f"{100 * number:.1f}"

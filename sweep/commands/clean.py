@@ -1,9 +1,10 @@
 """``sweep clean results/<study> [--address HOST:PORT]``: delete what a study wrote besides its results.
 
 Only a study this tool wrote is cleaned, and only what its own records name: its task-prefix cache and
-Tune's folders (in the study or its ``--storage`` folder), the folders its trials wrote in Ray's
-session on every node (through Ray, on the cluster ``--address`` names), and the tool's temporary
-files. The Parquet files, the Optuna journal, study.json and any report or chosen.yaml stay.
+Tune's folders (in the study or its ``--storage`` folder), the trackers' files of ``sweep run --log``,
+the folders its trials wrote in Ray's session on every node (through Ray, on the cluster ``--address``
+names), and the tool's temporary files. The Parquet files, the Optuna journal, study.json and any
+report or chosen.yaml stay.
 """
 
 from __future__ import annotations

@@ -33,12 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--results", dest="results_dir", default="results", type=expanded_path, help="results folder (default: results)")
     a("--trials", type=_int("--trials"), default=16, help="search trials, references not counted (default: 16)")
     a("--seeds", type=_int("--seeds"), default=3, help="seeds per trial (default: 3)")
-    a("--sampler", default="tpe", help="tpe or nsga2 (default: tpe)")
+    a("--sampler", default="tpe", help="tpe, nsga2 or random (Optuna's; seeded by --sampler-seed; default: tpe)")
     a("--objective", default="pareto",
       help="pareto: maximise stability and plasticity; constrained: maximise stability s.t. plasticity")
     a("--min-plasticity", type=_float("--min-plasticity"), default=0.95,
       help="constrained objective: plasticity >= this fraction of naive's (default: 0.95)")
     a("--sampler-seed", type=_int("--sampler-seed"), default=0, help="seed of the Optuna sampler (default: 0)")
+    a("--prune", action="store_true",
+      help="stop trials dominated in (stability, plasticity) at a task or epoch boundary from task 2 on; "
+           "Optuna is told PRUNED, the study records them as pruned (default: off; README: when to use it)")
+    a("--prune-eta", type=_float("--prune-eta"), default=3.0, metavar="ETA",
+      help="with --prune: at each rung the top 1/ETA of the trials that reached it go on, and every trial on "
+           "its front; rungs inside a task at epochs GRACE*ETA^k; in (1, 100] (default: 3)")
+    a("--prune-grace", type=_int("--prune-grace"), default=1, metavar="GRACE",
+      help="with --prune: epochs trained past task 1 before a trial can be stopped, >= 1 (default: 1)")
     a("--cpus-per-trial", type=_float("--cpus-per-trial"), default=1.0, help="CPUs per trial (default: 1)")
     a("--gpus-per-trial", type=_float("--gpus-per-trial"), default=0.0,
       help="GPUs per trial; fractional shares a GPU, e.g. 0.25 (default: 0)")
@@ -58,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--quiet", action="store_true", help="no per-trial table")
     a("--no-prefix-cache", dest="prefix_cache", action="store_false",
       help="recompute the state after task 1 in every trial instead of sharing it")
+    a("--log", type=_names, action="extend", default=None, metavar="TRACKER[,TRACKER]",
+      help="also log every trial's objectives and metrics after each task to mlflow, wandb and/or tensorboard "
+           "(comma-separated or repeated), in <study>/trackers/; each needs its extra: pip install -e '.[mlflow]'; "
+           "W&B offline unless $WANDB_MODE is set (default: none)")
     # every other TrainConfig field, shared by every trial; a value given here overrides the space's fixed one
     add_field_flags(parser.add_argument_group("the config every trial shares (the space's fixed values, overridden)"),
                     skip=NOT_FLAGS, default_text=lambda row: None if row.per_sweep else
@@ -71,6 +83,10 @@ def _int(flag: str) -> Callable[[str], int]:  # an argparse type
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
     return parse
+
+
+def _names(text: str) -> list[str]:  # --log mlflow,tensorboard; each name is checked with the other options
+    return [name.strip() for name in text.split(",")]
 
 
 def _float(flag: str) -> Callable[[str], float]:
@@ -87,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from sweep.tune.interrupts import handled
 
     fields = SweepOptions.__dataclass_fields__
+    args.log = tuple(args.log or ())  # --log a,b --log c -> ("a", "b", "c")
     config = given_fields(args, skip=NOT_FLAGS)  # --hidden 400,400 -> {"hidden": [400, 400]}
     options = SweepOptions(**{k: v for k, v in vars(args).items() if k in fields and (k not in BY_NAME or
                                                                                      k in NOT_FLAGS)},
@@ -135,11 +152,17 @@ def end_front(study_dir: Path) -> list[dict[str, Any]]:
 
 def print_summary(summary: SweepSummary, file: Any = sys.stdout) -> None:
     """The end of a sweep: how its trials ended and the validation Pareto front."""
+    from sweep.analysis.compute import pruning_savings
+    from sweep.analysis.io import load_study
     from sweep.tune.sink import format_pm, format_value
 
     c = summary.counts
-    print(f"\ntrials: {c['finished']} finished, {c['error']} errored, {c['diverged']} diverged "
-          f"(of {summary.target}, references included)", file=file)
+    print(f"\ntrials: {c['finished']} finished, {c['error']} errored, {c['diverged']} diverged"
+          + (f", {c['pruned']} pruned" if c.get("pruned") else "")
+          + f" (of {summary.target}, references included)", file=file)
+    savings = pruning_savings(load_study(summary.study_dir).trials) if c.get("pruned") else None
+    if savings is not None:
+        print(savings.sentence(), file=file)
     front = end_front(summary.study_dir) if sum(c.values()) else []
     if front:
         print("Pareto-optimal trials (validation):", file=file)

@@ -1,14 +1,15 @@
 """What a study wrote besides its results, and removing exactly that: ``sweep clean``'s files side.
 
 A study records, when it starts, the folders it will write (``study.json``'s ``writes``: its
-task-prefix cache and Tune's storage, inside the study folder or in a ``--storage`` folder of its
-own), and, as it runs, every node and folder outside them that Ray Tune wrote for it
-(``writes.json``: each experiment's folder in a node's Ray session, which holds Tune's
-experiment state, the searcher's state, the trials' working folders and, on a node other than the
-driver's, the node's own task-prefix cache). Cleaning first checks that the folder is a study this
-tool wrote (its ``study.json`` and Parquet files have the tool's schema), then removes only what
-those records name, plus the tool's own temporary files by their exact pattern. A study written
-before the records existed cleans its two default folders, ``cache/`` and ``ray/``.
+task-prefix cache and Tune's storage, inside the study folder or in a ``--storage`` folder of its own;
+with ``--log``, its ``trackers/`` folder, recorded too by a resume that adds ``--log``), and, as it
+runs, every node and folder outside them that Ray Tune wrote for it (``writes.json``: each
+experiment's folder in a node's Ray session, which holds Tune's experiment state, the searcher's
+state, the trials' working folders and, on a node other than the driver's, the node's own task-prefix
+cache). Cleaning first checks that the folder is a study this tool wrote (its ``study.json`` and
+Parquet files have the tool's schema), then removes only what those records name, plus the tool's own
+temporary files by their exact pattern. A study written before the records existed cleans its two
+default folders, ``cache/`` and ``ray/``.
 
 Nothing here imports Ray: visiting other nodes is :mod:`sweep.tune.cleaning`'s.
 """
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 from sweep.atomic import atomic_write, create_new, file_kind
 from sweep.errors import ResultsError
 from sweep.results.schema import ACCURACY_COLUMNS, ACCURACY_FILE, STUDY_FILE, TRIALS_FILE
-from sweep.results.store import STUDY_FOLDERS, WRITES_FILE, temporary_leftovers
+from sweep.results.store import STUDY_FOLDERS, TRACKERS_FOLDER, WRITES_FILE, temporary_leftovers
 
 MAX_RECORD_BYTES = 4 << 20  # study.json, writes.json and a storage marker are a few kB
 STORAGE_MARKER = ".sweep-study"  # in a --storage folder: the uid of the study it belongs to
@@ -139,10 +140,10 @@ def study_writes(meta: dict[str, Any] | None, study_dir: Path) -> StudyWrites:
     writes = meta["writes"]
     if not isinstance(writes, dict) or not isinstance(writes.get("in_study"), list):
         raise ResultsError(f"{where}: writes is not the tool's record (a mapping with in_study)")
-    unknown = [name for name in writes["in_study"] if name not in STUDY_FOLDERS]
+    unknown = [name for name in writes["in_study"] if name not in (*STUDY_FOLDERS, TRACKERS_FOLDER)]
     if unknown:  # never a results file, never a path: only the folders the tool writes in a study
         raise ResultsError(f"{where}: writes names {unknown[0]!r}; the tool writes only "
-                           f"{', '.join(STUDY_FOLDERS)} in a study folder")
+                           f"{', '.join((*STUDY_FOLDERS, TRACKERS_FOLDER))} in a study folder")
     storage = writes.get("storage")
     uid = meta.get("uid")
     if storage is not None and (not isinstance(storage, str) or not os.path.isabs(storage)

@@ -20,11 +20,12 @@ MACHINE_FIELDS = hparams.UNRECORDED  # TrainConfig fields the config column leav
 # a study folder: results/<study>/
 TRIALS_FILE = "trials.parquet"
 ACCURACY_FILE = "accuracy.parquet"
+RUNGS_FILE = "rungs.parquet"  # what each trial reported at each rung (sweep.tune.pruning), with its trial
 STUDY_FILE = "study.json"  # the study's settings: base_config (every trial's fixed part), seeds, objective, defaults
 
 SPLITS = ("val", "test")  # val is what the search optimises; test is reported, never searched on
 METRICS = ("stability", "plasticity", "acc", "bwt", "fwt", "forgetting", "retention")  # see sweep.metrics
-STATUSES = ("finished", "error", "diverged")
+STATUSES = ("finished", "error", "diverged", "pruned")  # pruned: stopped at a rung by `sweep run --prune`
 ROLES = ("search", "naive", "joint")  # naive and joint are the references every study runs
 
 # every hyperparameter a trial can carry; each becomes the column f"hp_{name}". A file written before
@@ -32,6 +33,23 @@ ROLES = ("search", "naive", "joint")  # naive and joint are the references every
 # records the table's defaults when it started), so adding one needs no new SCHEMA_VERSION
 HYPERPARAMETERS = hparams.HYPERPARAMETERS
 HP_COLUMNS = tuple(f"hp_{name}" for name in HYPERPARAMETERS)  # may be absent from a file: null
+
+# a pruned trial: the rung it was stopped at and what it reported there, in columns no reader of the
+# final metrics (val_*, test_*, null for it) can take for final ones
+PRUNED_COLUMNS = (
+    "pruned_task",  # 1-based
+    "pruned_epoch",  # 1-based inside the task; null: at the task's end
+    *(f"partial_val_{m}_{stat}" for m in ("stability", "plasticity") for stat in ("mean", "std")),
+)
+# the work a trial did, counted exactly and summed over its seeds (sweep.strategies.base.Compute): from
+# task 2 on, by kind and in total (samples through the model), and task 1's apart (0: from the prefix cache)
+COMPUTE_COLUMNS = ("optimizer_steps", "train_samples", "fisher_samples", "eval_passes", "eval_samples",
+                   "compute_samples", "task1_samples")
+# a free variant of a trained trial's final model (interpolation's α grid: sweep.strategies.interp) is a row of
+# its own, id "<trial>-alpha<α>", its values in its hp_ columns, no compute of its own; null for a trained trial
+DERIVED_COLUMN = "derived_from"
+# columns added after schema_version 2's first files: absent from an older file, they read as null
+OPTIONAL_COLUMNS = (*HP_COLUMNS, *PRUNED_COLUMNS, *COMPUTE_COLUMNS, DERIVED_COLUMN)
 
 
 def metric_column(split: str, metric: str, stat: str = "mean") -> str:
@@ -46,6 +64,7 @@ TRIALS_COLUMNS = (
     "status",  # one of STATUSES
     "reason",  # why a trial errored or diverged; "" when finished
     "role",  # one of ROLES
+    DERIVED_COLUMN,  # the trial id a derived row's model comes from without training; null otherwise
     "strategy",  # e.g. "ewc+replay"
     "benchmark",
     "scenario",
@@ -58,6 +77,8 @@ TRIALS_COLUMNS = (
     # seeds; a data root is a path on the machine that ran the sweep): what `sweep choose` writes out
     "config",
     *(metric_column(s, m, stat) for s in SPLITS for m in METRICS for stat in ("mean", "std")),
+    *PRUNED_COLUMNS,
+    *COMPUTE_COLUMNS,
     "fisher_mean",  # mean of the diagonal Fisher over parameters (NaN without EWC)
     "fisher_trace",  # sum of the diagonal Fisher
     "duration_s",
@@ -78,4 +99,16 @@ ACCURACY_COLUMNS = (
     "after_task",  # 0 = the untrained model (for FWT), then 1..T
     "eval_task",  # 1..T
     "accuracy",  # fraction in [0, 1]
+)
+
+RUNGS_COLUMNS = (
+    "study",
+    "trial_id",
+    "task",  # 1-based, from 2
+    "epoch",  # 1-based inside the task; null: the task's end
+    *(f"val_{m}_{stat}" for m in ("stability", "plasticity") for stat in ("mean", "std")),
+    "compute_samples",  # the trial's work from task 2 on when it got there (as COMPUTE_COLUMNS)
+    "optimizer_steps",
+    "decides",  # whether a report at this rung could stop a trial (past the grace period)
+    "stopped",  # the trial was stopped here
 )

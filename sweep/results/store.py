@@ -28,9 +28,14 @@ from sweep.reading import check_regular
 from sweep.results.schema import (
     ACCURACY_COLUMNS,
     ACCURACY_FILE,
-    HP_COLUMNS,
+    COMPUTE_COLUMNS,
+    DERIVED_COLUMN,
     HYPERPARAMETERS,
     METRICS,
+    OPTIONAL_COLUMNS,
+    PRUNED_COLUMNS,
+    RUNGS_COLUMNS,
+    RUNGS_FILE,
     SCHEMA_VERSION,
     SPLITS,
     STUDY_FILE,
@@ -48,11 +53,15 @@ _HP_TYPES = {name: _ARROW_TYPES[BY_NAME[name].type] for name in HYPERPARAMETERS}
 
 _TRIALS_TYPES: dict[str, pa.DataType] = {
     "study": pa.string(), "trial_id": pa.string(), "status": pa.string(), "reason": pa.string(),
-    "role": pa.string(), "strategy": pa.string(), "benchmark": pa.string(), "scenario": pa.string(),
+    "role": pa.string(), DERIVED_COLUMN: pa.string(), "strategy": pa.string(), "benchmark": pa.string(),
+    "scenario": pa.string(),
     "model": pa.string(), "num_tasks": pa.int64(),
     **{f"hp_{k}": v for k, v in _HP_TYPES.items()},
     "n_seeds": pa.int64(), "seeds": pa.string(), "config": pa.string(),
     **{metric_column(s, m, stat): pa.float64() for s in SPLITS for m in METRICS for stat in ("mean", "std")},
+    "pruned_task": pa.int64(), "pruned_epoch": pa.int64(),
+    **{name: pa.float64() for name in PRUNED_COLUMNS if name.startswith("partial_")},
+    **{name: pa.int64() for name in COMPUTE_COLUMNS},
     "fisher_mean": pa.float64(), "fisher_trace": pa.float64(), "duration_s": pa.float64(), "node": pa.string(),
     "finished_at": pa.string(), "code_version": pa.string(), "torch_version": pa.string(),
     "ray_version": pa.string(), "optuna_version": pa.string(), "schema_version": pa.int64(),
@@ -63,6 +72,12 @@ ACCURACY_SCHEMA = pa.schema([
     ("after_task", pa.int64()), ("eval_task", pa.int64()), ("accuracy", pa.float64()),
 ])
 assert tuple(ACCURACY_SCHEMA.names) == ACCURACY_COLUMNS
+RUNGS_SCHEMA = pa.schema([
+    ("study", pa.string()), ("trial_id", pa.string()), ("task", pa.int64()), ("epoch", pa.int64()),
+    *((name, pa.float64()) for name in RUNGS_COLUMNS if name.startswith("val_")),
+    ("compute_samples", pa.int64()), ("optimizer_steps", pa.int64()), ("decides", pa.bool_()), ("stopped", pa.bool_()),
+])
+assert tuple(RUNGS_SCHEMA.names) == RUNGS_COLUMNS
 
 
 def atomic_write_table(table: pa.Table, path: Path) -> None:
@@ -86,13 +101,15 @@ def _fsync_dir(folder: Path) -> None:
 
 # --- the study folder's own names: never links
 # files the tool writes in a study folder, and folders it writes there (old studies: always these two)
-STUDY_FILES = (LOCK_FILE, TRIALS_FILE, ACCURACY_FILE, STUDY_FILE, JOURNAL_FILE, WRITES_FILE)
+STUDY_FILES = (LOCK_FILE, TRIALS_FILE, ACCURACY_FILE, RUNGS_FILE, STUDY_FILE, JOURNAL_FILE, WRITES_FILE)
 STUDY_FOLDERS = ("cache", "ray")
+# `sweep run --log`'s trackers write here; study.json records it (its writes) before a sweep writes it
+TRACKERS_FOLDER = "trackers"
 
 
 def check_study_folder(study_dir: str | os.PathLike[str]) -> None:
-    """Refuse, in one line, a study folder whose lock, results, cache or Tune folder or temporary files are
-    links (or of the wrong kind): the tool would write through them. A missing folder passes."""
+    """Refuse, in one line, a study folder whose lock, results, cache, Tune or trackers folder or temporary files
+    are links (or of the wrong kind): the tool would write through them. A missing folder passes."""
     study = Path(study_dir)
     try:
         entries = os.listdir(study)
@@ -104,7 +121,7 @@ def check_study_folder(study_dir: str | os.PathLike[str]) -> None:
         raise SweepError(f"cannot read the study folder {study}: {err.strerror or err}") from None
     for entry in entries:
         wanted = (stat.S_ISREG if entry in STUDY_FILES or entry.endswith(".tmp") else
-                  stat.S_ISDIR if entry in STUDY_FOLDERS else None)
+                  stat.S_ISDIR if entry in STUDY_FOLDERS or entry == TRACKERS_FOLDER else None)
         if wanted is None:
             continue
         try:
@@ -240,12 +257,15 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
         if versions != {SCHEMA_VERSION}:  # before the columns: an older study is named as such
             raise ResultsError(f"{path} has schema_version {sorted(versions)}; this version reads {SCHEMA_VERSION}")
     missing = [name for name in schema.names if name not in table.column_names]
-    if missing and set(missing) <= set(HP_COLUMNS):  # written before these hyperparameters existed: null,
-        for name in missing:  # the default of its time
-            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
-    elif missing:
-        raise ResultsError(f"{path} is from another schema: missing columns {', '.join(missing[:5])}"
-                           + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    required = [name for name in missing if name not in OPTIONAL_COLUMNS]
+    if required:  # the columns that make it another schema's file, named first; then the optional ones it lacks
+        optional = [name for name in missing if name in OPTIONAL_COLUMNS]
+        raise ResultsError(f"{path} is from another schema: missing columns {', '.join(required[:5])}"
+                           + (f" and {len(required) - 5} more" if len(required) > 5 else "")
+                           + (f" (and optional ones: {', '.join(optional[:5])}"
+                              + (f" and {len(optional) - 5} more)" if len(optional) > 5 else ")") if optional else ""))
+    for name in missing:  # written before these columns existed: null (a hyperparameter's: the default of its time)
+        table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     try:
         return table.select(schema.names).cast(schema)
     except (pa.ArrowException, ValueError) as err:
@@ -264,20 +284,25 @@ def _clean(value: Any) -> Any:
 
 
 class StudyStore:
-    """Append-only, deduplicated view of one study's two Parquet files."""
+    """Append-only, deduplicated view of one study's Parquet files (trials, accuracy, rungs)."""
 
     def __init__(self, study_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(study_dir)
         self.trials_path = self.dir / TRIALS_FILE
         self.accuracy_path = self.dir / ACCURACY_FILE
+        self.rungs_path = self.dir / RUNGS_FILE
         self.trials: list[dict[str, Any]] = []
         self.accuracy: list[dict[str, Any]] = []
+        self.rungs: list[dict[str, Any]] = []
         if self.trials_path.exists():
             self.trials = read_table(self.trials_path, TRIALS_SCHEMA).to_pylist()
         recorded = {row["trial_id"] for row in self.trials}
         if self.accuracy_path.exists():
             rows = read_table(self.accuracy_path, ACCURACY_SCHEMA).to_pylist()
             self.accuracy = [row for row in rows if row["trial_id"] in recorded]  # drop uncommitted rows
+        if self.rungs_path.exists():
+            rows = read_table(self.rungs_path, RUNGS_SCHEMA).to_pylist()
+            self.rungs = [row for row in rows if row["trial_id"] in recorded]
 
     def trial_ids(self) -> set[str]:
         return {row["trial_id"] for row in self.trials}
@@ -286,22 +311,37 @@ class StudyStore:
         return any(row["trial_id"] == trial_id for row in self.trials)
 
     def count(self, role: str | None = None) -> int:
-        return sum(1 for row in self.trials if role is None or row["role"] == role)
+        """Trials trained (a derived row is a variant of one, not a trial of its own)."""
+        return sum(1 for row in self.trials if (role is None or row["role"] == role) and not row.get(DERIVED_COLUMN))
 
-    def add(self, trial: Mapping[str, Any], accuracy: Iterable[Mapping[str, Any]]) -> bool:
-        """Record one trial; False (and nothing written) if its trial_id is already recorded."""
+    def add(self, trial: Mapping[str, Any], accuracy: Iterable[Mapping[str, Any]],
+            rungs: Iterable[Mapping[str, Any]] = (),
+            derived: Iterable[tuple[Mapping[str, Any], Iterable[Mapping[str, Any]]]] = ()) -> bool:
+        """Record one trial, with its ``derived`` rows (free variants: (trial row, accuracy rows) each), in one
+        commit; False (and nothing written) if its trial_id is already recorded.
+
+        Its rung and accuracy rows are written before the trial rows, which commit them: rows of a
+        trial a kill left out of ``trials.parquet`` are dropped when the study is read.
+        """
         if self.has(str(trial["trial_id"])):
             return False
-        unknown = set(trial) - set(TRIALS_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown trial columns: {sorted(unknown)}")
-        row = {name: _clean(trial.get(name)) for name in TRIALS_COLUMNS}
-        row["schema_version"] = SCHEMA_VERSION
-        acc_rows = [{name: _clean(r.get(name)) for name in ACCURACY_COLUMNS} for r in accuracy]
+        records = [(trial, accuracy), *derived]
+        rows, acc_rows = [], []
+        for record, record_accuracy in records:
+            unknown = set(record) - set(TRIALS_COLUMNS)
+            if unknown:
+                raise ValueError(f"unknown trial columns: {sorted(unknown)}")
+            row = {name: _clean(record.get(name)) for name in TRIALS_COLUMNS}
+            rows.append({**row, "schema_version": SCHEMA_VERSION})
+            acc_rows += [{name: _clean(r.get(name)) for name in ACCURACY_COLUMNS} for r in record_accuracy]
+        rung_rows = [{name: _clean(r.get(name)) for name in RUNGS_COLUMNS} for r in rungs]
         new_accuracy = self.accuracy + acc_rows
-        new_trials = self.trials + [row]
+        new_rungs = self.rungs + rung_rows
+        new_trials = self.trials + rows
         self.dir.mkdir(parents=True, exist_ok=True)
+        if rung_rows:
+            atomic_write_table(pa.Table.from_pylist(new_rungs, schema=RUNGS_SCHEMA), self.rungs_path)
         atomic_write_table(pa.Table.from_pylist(new_accuracy, schema=ACCURACY_SCHEMA), self.accuracy_path)
         atomic_write_table(pa.Table.from_pylist(new_trials, schema=TRIALS_SCHEMA), self.trials_path)
-        self.accuracy, self.trials = new_accuracy, new_trials
+        self.accuracy, self.rungs, self.trials = new_accuracy, new_rungs, new_trials
         return True

@@ -11,10 +11,10 @@ classifier. Every hook is a no-op by default. What a strategy builds lives in it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,35 @@ class TrainingData:
     task_ids: Tensor | None  # (N,) task index per sample, None unless task-incremental
 
 
+@dataclass
+class Compute:
+    """Work a run did, counted exactly (not timed): what compares the cost of two sweeps on a noisy machine.
+
+    A sample counts once for every pass it makes through the model: a training step's batch (replay's
+    samples included), each sample of a Fisher estimate, each sample of an evaluation.
+    """
+
+    optimizer_steps: int = 0
+    train_samples: int = 0  # forward and backward, in training steps
+    fisher_samples: int = 0  # forward and backward, in Fisher estimates (EWC)
+    eval_passes: int = 0  # one model on one split of one task
+    eval_samples: int = 0  # forward only
+
+    @property
+    def samples(self) -> int:
+        return self.train_samples + self.fisher_samples + self.eval_samples
+
+    def add(self, other: Compute) -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def copy(self) -> Compute:
+        return Compute(**asdict(self))
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "samples": self.samples}
+
+
 @dataclass(frozen=True)
 class TaskContext:
     task_index: int  # 0-based
@@ -48,6 +77,7 @@ class TaskContext:
     batch_size: int
     generator: torch.Generator  # CPU generator, seeded per run: strategies draw randomness from it
     logits: Callable[[Tensor, Tensor | None], Tensor]  # (x float, task_ids) -> masked (B, classes)
+    compute: Compute = field(default_factory=Compute)  # this task's work: a strategy adds what it runs itself
 
     @property
     def task(self) -> Task:
@@ -96,6 +126,9 @@ class Strategy:
     """Base strategy: every hook is a no-op, so this class is exactly naive fine-tuning."""
 
     name: ClassVar[str] = "naive"  # its key in the registry, and of its block in sweep.strategies.specs
+    # its after_task runs before every other component's in a composite (interpolation: EWC's Fisher and
+    # distillation's teacher must see the interpolated weights, whatever the order of the names)
+    after_task_first: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> Strategy:
@@ -160,6 +193,12 @@ class Strategy:
 
     def after_task(self, ctx: TaskContext) -> None:
         """Called after training on ``ctx.task_index`` (Fisher, teacher, buffer)."""
+
+    def variants(self, ctx: TaskContext) -> Iterator[tuple[dict[str, Any], dict[str, Tensor]]]:
+        """After the last task (its :meth:`after_task` done): other final models that cost no training, each
+        as (the config values that give it, the model's state_dict). The trainer evaluates each one on every
+        task and restores the model. Interpolation's free α grid; none by default."""
+        return iter(())
 
     def stats(self) -> dict[str, float]:
         """Numbers reported with the results, e.g. the Fisher's mean and trace."""

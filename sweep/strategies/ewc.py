@@ -74,6 +74,8 @@ class EWC(Strategy):
         if ctx.task_index == ctx.benchmark.num_tasks - 1:
             return  # no task follows: this Fisher would never be multiplied by λ (and stats() reports that one)
         fisher = task_fisher(ctx, self.fisher, self.fisher_samples)  # also at λ = 0: see the module docstring
+        n = len(ctx.task.train)
+        ctx.compute.fisher_samples += n if self.fisher_samples is None else min(n, self.fisher_samples)
         self.consolidate(fisher, {name: p.detach() for name, p in ctx.model.named_parameters()})
 
     def consolidate(self, fisher: dict[str, Tensor], theta: dict[str, Tensor]) -> None:

@@ -6,8 +6,8 @@ trainer does not change when a strategy is added.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
@@ -28,8 +28,10 @@ from sweep.strategies.base import (
 from sweep.strategies.distill import Distill
 from sweep.strategies.ewc import EWC
 from sweep.strategies.freeze import Freeze
+from sweep.strategies.interp import Interp
 from sweep.strategies.joint import Joint
 from sweep.strategies.l2sp import L2SP
+from sweep.strategies.lpft import LPFT
 from sweep.strategies.naive import Naive
 from sweep.strategies.replay import Replay
 
@@ -42,6 +44,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "replay": Replay,
     "l2sp": L2SP,
     "freeze": Freeze,
+    "interp": Interp,
+    "lpft": LPFT,
 }
 
 # references: they stand alone, as the floor and the ceiling every study is compared with
@@ -136,8 +140,14 @@ class Composite(Strategy):
         return defined[0][1] if defined else default
 
     def after_task(self, ctx: TaskContext) -> None:
-        for part in self.parts:
+        for part in sorted(self.parts, key=lambda part: not part.after_task_first):  # stable: otherwise in order
             part.after_task(ctx)
+
+    def variants(self, ctx: TaskContext) -> Iterator[tuple[dict[str, Any], dict[str, Tensor]]]:
+        defined: list[tuple[str, Strategy | None]] = [
+            (p.name, p) for p in self.parts if type(p).variants is not Strategy.variants]
+        part = self._at_most_one("free variants of the final model", defined, None)
+        return part.variants(ctx) if part is not None else iter(())
 
     def stats(self) -> dict[str, float]:
         merged: dict[str, float] = {}

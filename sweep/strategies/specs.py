@@ -36,11 +36,22 @@ EWC: Block = {
                       why="online EWC's decay of the past Fisher; 1 keeps all of it"),
 }
 
-DISTILL: Block = {  # both are read only once a teacher exists (task 2 on)
+# layers as frozen_layers counts them: comma-separated 0-based indices (negative from the end) or names
+LAYER_LIST = r"[^,\s]+(,[^,\s]+)*"
+
+DISTILL: Block = {  # all are read only once a teacher exists (task 2 on)
     "distill_temperature": dict(type=float, default=2.0, range="> 0", first_task=2,
                                 why="LwF's softmax temperature T; 2 is the usual"),
     "distill_alpha": dict(type=float, default=0.5, range="[0, 1]", first_task=2,
                           why="weight α of the new task's cross-entropy; 1 - α goes to distillation"),
+    "feature_distill_weight": dict(type=float, default=0.0, range=">= 0", first_task=2,
+                                   why="weight of feature distillation, the MSE between the student's and the "
+                                       "teacher's outputs at feature_distill_layers (mean over layers); 0: off"),
+    "feature_distill_layers": dict(type=str, default="-2", first_task=2, pattern=LAYER_LIST,
+                                   names="comma-separated layers as frozen_layers counts them, each a 0-based "
+                                         "index (negative from the end: -1 the head) or a name, e.g. -2 or 0,1",
+                                   why="the layers whose outputs feature distillation matches; -2: the layer "
+                                       "before the head, what the head reads"),
 }
 
 REPLAY: Block = {
@@ -60,6 +71,24 @@ FREEZE: Block = {
                           why="the first k parametrised layers stop learning from task 2 on (with any strategy)"),
 }
 
+INTERP: Block = {  # interpolation acts when a task from task 2 on ends
+    "interp_alpha": dict(type=float, default=0.5, range="[0, 1]", first_task=2,
+                         why="WiSE-FT's α: after each task from task 2 on the weights become "
+                             "(1 - α) θ_before + α θ_after; 0 keeps the previous task's weights, 1 the fine-tune's"),
+    "interp_last_alpha": dict(type=float, default=None, range="[0, 1]", nullable=True, first_task=2,
+                              why="α of the last task's interpolation (none: interp_alpha); a point of the free α "
+                                  "grid is this value"),
+    "interp_grid": dict(type=int, default=11, range="0..1001", first_task=2, kind="setting",
+                        why="points of the free α grid from 0 to 1 evaluated after the last task, each a result "
+                            "of its own at no training cost (0 or 1: none)"),
+}
+
+LPFT: Block = {  # the probing phase opens every task from task 2 on
+    "lp_epochs": dict(type=int, default=1, range=">= 0", first_task=2,
+                      why="LP-FT: epochs that train only the head at the start of each task from task 2 on, before "
+                          "its epochs of fine-tuning every layer not frozen; 0: plain fine-tuning"),
+}
+
 # every registered strategy, with its block (the references have none)
 STRATEGY_ROWS: dict[str, Block] = {
     "naive": {},
@@ -69,6 +98,8 @@ STRATEGY_ROWS: dict[str, Block] = {
     "replay": REPLAY,
     "l2sp": L2SP,
     "freeze": FREEZE,
+    "interp": INTERP,
+    "lpft": LPFT,
 }
 # built beside any strategy whenever its knob is set (``strategy_components``): its rows are every strategy's
 EVERY_STRATEGY = ("freeze",)

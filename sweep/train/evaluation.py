@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from sweep.data.tasks import Benchmark, Split, to_float
+from sweep.strategies.base import Compute
 
 EVAL_BATCH = 4096  # evaluation has no graph to keep, so large batches cost only activations
 
@@ -46,23 +47,27 @@ def evaluate(
 
 def evaluate_all(
     model: nn.Module, benchmark: Benchmark, masks: Tensor | None, *,
-    models: Sequence[nn.Module] | None = None, seen: int | None = None,
+    models: Sequence[nn.Module] | None = None, seen: int | None = None, splits: Sequence[str] = ("val", "test"),
+    compute: Compute | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(val, test) accuracies of every task, one host sync for all of them.
 
     ``models[i]``, when given, evaluates task i instead of ``model``; with ``seen``, only the first
-    ``seen`` tasks are evaluated and the others read NaN.
+    ``seen`` tasks are evaluated and the others read NaN; a split left out of ``splits`` reads NaN.
+    The passes are added to ``compute`` when given.
     """
     T = benchmark.num_tasks
     count = T if seen is None else seen
-    accs = [evaluate(model if models is None else models[t], getattr(task, split), t, masks)
-            for split in ("val", "test") for t, task in enumerate(benchmark.tasks[:count])]
-    values = torch.stack(accs).cpu().numpy()
-    if count == T:
-        return values[:T], values[T:]
-    val, test = np.full(T, np.nan), np.full(T, np.nan)
-    val[:count], test[:count] = values[:count], values[count:]
-    return val, test
+    jobs = [(split, t, getattr(task, split)) for split in splits for t, task in enumerate(benchmark.tasks[:count])]
+    accs = [evaluate(model if models is None else models[t], data, t, masks) for _, t, data in jobs]
+    if compute is not None:
+        compute.eval_passes += len(jobs)
+        compute.eval_samples += sum(len(data) for _, _, data in jobs)
+    values = torch.stack(accs).cpu().numpy() if accs else np.zeros(0)
+    out = {split: np.full(T, np.nan) for split in ("val", "test")}
+    for (split, t, _), value in zip(jobs, values):
+        out[split][t] = value
+    return out["val"], out["test"]
 
 
 class EarlyStop:
@@ -71,15 +76,18 @@ class EarlyStop:
     (the strategy's evaluation model); the weights kept and restored are ``model``'s."""
 
     def __init__(self, model: nn.Module, split: Split, task_index: int, masks: Tensor | None, patience: int,
-                 evaluated: Callable[[], nn.Module] | None = None) -> None:
+                 evaluated: Callable[[], nn.Module] | None = None, compute: Compute | None = None) -> None:
         self.model, self.split, self.task_index, self.masks, self.patience = model, split, task_index, masks, patience
-        self.evaluated = evaluated
+        self.evaluated, self.compute = evaluated, compute
         self.best, self.waited, self.last_was_best = -1.0, 0, True
         self.state: dict[str, Tensor] | None = None
 
     def __call__(self, epoch: int) -> bool:
         judged = self.model if self.evaluated is None else self.evaluated()
         accuracy = float(evaluate(judged, self.split, self.task_index, self.masks))
+        if self.compute is not None:
+            self.compute.eval_passes += 1
+            self.compute.eval_samples += len(self.split)
         self.last_was_best = accuracy > self.best
         if self.last_was_best:
             self.best, self.waited = accuracy, 0

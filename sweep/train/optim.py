@@ -10,7 +10,9 @@ which plain SGD accepts. A hand-written loop reproduces the trainer bit for bit 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import torch
@@ -40,6 +42,27 @@ def make_optimizer(
         isinstance(p, Tensor) and p.device.type in FUSED_DEVICES and p.is_floating_point() for p in tensors
     )
     return torch.optim.Adam(items, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def schedule_factor(step: int, total: int, warmup: int, schedule: str = "constant") -> float:
+    """The learning-rate factor of a task's ``step`` (0-based) of ``total``: a linear warmup, ``(step + 1) / warmup``
+    over the first ``warmup`` steps, then 1 (``constant``) or, for ``cosine``, ``(1 + cos(π·s/n)) / 2`` at the
+    s-th of the n steps left, which reaches 0 just after the task's last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    return 1.0
+
+
+def task_schedule(warmup_epochs: float, schedule: str, steps_per_epoch: int, total: int
+                  ) -> Callable[[int], float] | None:
+    """``step -> factor`` of a fine-tune of ``total`` steps (every phase), ``warmup_epochs`` of them (rounded up
+    to whole steps, at most ``total``) warming up; None when there is neither a warmup nor a schedule."""
+    if warmup_epochs == 0 and schedule == "constant":
+        return None
+    warmup = min(total, math.ceil(warmup_epochs * steps_per_epoch))
+    return partial(schedule_factor, total=total, warmup=warmup, schedule=schedule)
 
 
 def _tensors(params: Tensor | Iterable[Tensor]) -> list[Tensor]:

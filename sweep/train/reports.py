@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from sweep.metrics import all_metrics
-from sweep.strategies.base import Strategy
+from sweep.strategies.base import Compute, Strategy
 
 
 class PrefixStore(Protocol):
@@ -40,6 +40,10 @@ class TaskReport:
     initial_val: np.ndarray  # (T,) untrained model
     initial_test: np.ndarray
     seconds: float  # training + evaluation time of this task
+    # work done so far, counted exactly: on task 1 (with the untrained model's evaluation; none when
+    # restored from a prefix store), and on every task after it
+    compute_first: Compute = field(default_factory=Compute)
+    compute: Compute = field(default_factory=Compute)
 
 
 @dataclass
@@ -54,6 +58,8 @@ class EpochReport:
     initial_val: np.ndarray  # (T,) untrained model
     initial_test: np.ndarray
     seconds: float  # since the task started
+    compute_first: Compute = field(default_factory=Compute)  # as in TaskReport, up to this epoch
+    compute: Compute = field(default_factory=Compute)
 
 
 @dataclass
@@ -66,6 +72,11 @@ class SequenceResult:
     reason: str = ""
     stats: dict[str, float] = field(default_factory=dict)  # e.g. fisher_mean, fisher_trace
     duration_s: float = 0.0
+    compute_first: Compute = field(default_factory=Compute)  # as in TaskReport
+    compute: Compute = field(default_factory=Compute)
+    # free variants of the final model (Strategy.variants): (the config values that give it, its last val row,
+    # its last test row); the rows before the last are the run's own
+    variants: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def metrics(self, split: str = "val") -> dict[str, float]:
         """Every metric of the finished matrix; raises if the run diverged (no full matrix)."""

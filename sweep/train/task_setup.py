@@ -8,7 +8,7 @@ returns a :class:`TaskRun`, all the step loop reads. Each phase gets a fresh opt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -20,7 +20,7 @@ from sweep.errors import ConfigError
 from sweep.models import LayeredModel, freeze_layers, layer_parameters, named_layers
 from sweep.strategies.base import Auxiliary, Features, Phase, Strategy, TaskContext, TrainingData
 from sweep.train.evaluation import EarlyStop
-from sweep.train.optim import make_optimizer
+from sweep.train.optim import make_optimizer, task_schedule
 
 
 def set_frozen(model: LayeredModel, k: int) -> list[nn.Parameter]:
@@ -124,6 +124,8 @@ class TaskRun:
     tap: FeatureTap | None  # hooks on the layers the penalty reads; removed when the task ends
     total: int  # steps in the task, over every phase
     finite: Tensor  # 0-d bool on the device: every loss so far finite (read every few steps: a host sync)
+    # step -> the learning-rate factor of warmup_epochs and lr_schedule (tasks 2..T); None: 1 throughout
+    schedule: Callable[[int], float] | None = None
 
 
 class PhaseOptimizer:
@@ -157,7 +159,7 @@ def prepare_task(
     stop = None
     if t > 0 and config.early_stop_patience > 0:
         stop = EarlyStop(model, ctx.task.val, t, masks, config.early_stop_patience,
-                         evaluated=partial(strategy.eval_model, ctx, t))
+                         evaluated=partial(strategy.eval_model, ctx, t), compute=ctx.compute)
     auxiliary = strategy.auxiliary(ctx)
     aux_optimizer = None if auxiliary is None else make_optimizer(
         auxiliary.optimizer, list(auxiliary.model.parameters()), auxiliary.lr, auxiliary.weight_decay)
@@ -166,5 +168,7 @@ def prepare_task(
     steps_per_epoch = (len(data.split) + config.batch_size - 1) // config.batch_size
     total = steps_per_epoch * sum(epochs for _, epochs in plan)
     finite = torch.ones((), dtype=torch.bool, device=ctx.device)
+    # warmup_epochs and lr_schedule act on fine-tunes (tasks 2..T), over the task's planned steps, every phase's
+    schedule = task_schedule(config.warmup_epochs, config.lr_schedule, steps_per_epoch, total) if t > 0 else None
     return TaskRun(model, strategy, ctx, masks, data, params, plan, ce_weight, stop, auxiliary, aux_optimizer, tap,
-                   total, finite)
+                   total, finite, schedule)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +22,8 @@ from torch import Tensor
 from sweep.config import TrainConfig
 from sweep.data.tasks import Benchmark, to_float
 from sweep.errors import ConfigError
-from sweep.models import LayeredModel, build_model, load_weights
-from sweep.strategies.base import NO_FEATURES, Batch, Strategy, TaskContext
+from sweep.models import Dropout, LayeredModel, build_model, dropout_layers, load_weights
+from sweep.strategies.base import NO_FEATURES, Batch, Compute, Strategy, TaskContext
 from sweep.strategies.registry import build_strategy
 from sweep.train.evaluation import EVAL_BATCH, evaluate, evaluate_all, masked_logits
 from sweep.train.reports import EpochReport, PrefixStore, SequenceResult, TaskReport, prefix_state, restore_prefix
@@ -94,7 +95,7 @@ def iter_sequence(
     device: torch.device | str = "cpu",
     progress: Callable[[int, int, int], None] | None = None,
     prefix: PrefixStore | None = None,
-    epoch_reports: bool = False,
+    epoch_reports: bool | Callable[[int, int], bool] = False,
 ) -> Generator[TaskReport | EpochReport, None, SequenceResult]:
     """:func:`train_sequence` as a generator: yields after each task, returns the result.
 
@@ -103,7 +104,12 @@ def iter_sequence(
     (and saved to it when not): the rest of the run is identical either way. With
     ``epoch_reports``, it also yields an :class:`EpochReport` after each epoch of a task it trains
     (a task restored from the cache, or loaded from ``pretrained``, yields its task report only);
-    closing the generator there stops the run.
+    closing the generator there stops the run. ``epoch_reports`` may instead be a predicate
+    ``(task_index, epoch) -> bool`` (both 0-based) naming the epochs to report after; an epoch report
+    evaluates the validation split only (its test rows read NaN).
+
+    Every report carries the work done so far (:class:`~sweep.strategies.base.Compute`), counted
+    separately for task 1 and for the tasks after it.
     """
     started = time.perf_counter()
     device = parse_device(device)
@@ -114,44 +120,76 @@ def iter_sequence(
     T = benchmark.num_tasks
     val, test = np.full((T, T), np.nan), np.full((T, T), np.nan)
     logits_fn = partial(masked_logits, model, masks=masks)  # (x, task_ids) -> masked (B, classes)
+    first, rest = Compute(), Compute()  # task 1's work (it may come from a prefix store), the others'
+    wanted = epoch_reports if callable(epoch_reports) else (lambda t, e: bool(epoch_reports))
 
-    def epoch_report(ctx: TaskContext, task_started: float, epoch: int) -> EpochReport:
+    def spent() -> dict[str, Any]:  # compute_first, compute: the work so far
+        return {"compute_first": first.copy(), "compute": rest.copy()}
+
+    def epoch_report(ctx: TaskContext, task_started: float, epoch: int) -> EpochReport | None:
         t = ctx.task_index
+        if not wanted(t, epoch):
+            return None
         val_now, test_now = val.copy(), test.copy()
-        val_now[t], test_now[t] = evaluate_all(model, benchmark, masks, seen=t + 1,
-                                               models=[strategy.eval_model(ctx, i) for i in range(t + 1)])
+        val_now[t] = evaluate_all(model, benchmark, masks, seen=t + 1, splits=("val",), compute=ctx.compute,
+                                  models=[strategy.eval_model(ctx, i) for i in range(t + 1)])[0]
         return EpochReport(t, epoch, T, val_now, test_now, initial_val, initial_test,
-                           time.perf_counter() - task_started)
+                           time.perf_counter() - task_started, **spent())
 
     cached = prefix.load() if prefix is not None else None
     if cached is None:
-        initial_val, initial_test = evaluate_all(model, benchmark, masks)
+        initial_val, initial_test = evaluate_all(model, benchmark, masks, compute=first)
     else:
         initial_val, initial_test, val[0], test[0] = restore_prefix(cached, model, strategy, generator, device)
-        yield TaskReport(0, T, val.copy(), test.copy(), initial_val, initial_test, 0.0)
+        yield TaskReport(0, T, val.copy(), test.copy(), initial_val, initial_test, 0.0, **spent())
+    variants: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
     for t in range(0 if cached is None else 1, T):
         task_started = time.perf_counter()
-        ctx = TaskContext(t, benchmark, model, device, config.batch_size, generator, logits_fn)
+        # the task's own counter is the running total: what an epoch report shows includes the task so far
+        ctx = TaskContext(t, benchmark, model, device, config.batch_size, generator, logits_fn,
+                          compute=first if t == 0 else rest)
         strategy.before_task(ctx)
         report = partial(epoch_report, ctx, task_started) if epoch_reports else None
         reason = yield from _fit_task(model, strategy, ctx, config, masks, progress, report)
         if reason:
             set_frozen(model, 0)
             return SequenceResult(val, test, initial_val, initial_test, status="diverged", reason=reason,
-                                  stats=strategy.stats(), duration_s=time.perf_counter() - started)
+                                  stats=strategy.stats(), duration_s=time.perf_counter() - started, **spent())
         strategy.after_task(ctx)
-        val[t], test[t] = evaluate_all(model, benchmark, masks, models=[strategy.eval_model(ctx, i) for i in range(T)])
+        val[t], test[t] = evaluate_all(model, benchmark, masks, models=[strategy.eval_model(ctx, i) for i in range(T)],
+                                       compute=ctx.compute)
         if t == 0 and prefix is not None:
             prefix.save(prefix_state(model, strategy, generator, initial_val, initial_test, val[0], test[0]))
-        yield TaskReport(t, T, val.copy(), test.copy(), initial_val, initial_test, time.perf_counter() - task_started)
+        variants = _evaluate_variants(model, strategy, ctx, masks) if t == T - 1 else []
+        yield TaskReport(t, T, val.copy(), test.copy(), initial_val, initial_test, time.perf_counter() - task_started,
+                         **spent())
     set_frozen(model, 0)
     return SequenceResult(val, test, initial_val, initial_test, stats=strategy.stats(),
-                          duration_s=time.perf_counter() - started)
+                          duration_s=time.perf_counter() - started, variants=variants, **spent())
+
+
+def _evaluate_variants(model: LayeredModel, strategy: Strategy, ctx: TaskContext, masks: Tensor | None
+                       ) -> list[tuple[dict[str, Any], np.ndarray, np.ndarray]]:
+    """Evaluate every free variant of the final model (:meth:`Strategy.variants`) on every task, then put the
+    run's own weights back."""
+    out: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
+    own: dict[str, Tensor] | None = None
+    T = ctx.benchmark.num_tasks
+    for values, state in strategy.variants(ctx):
+        if own is None:
+            own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+        val_row, test_row = evaluate_all(model, ctx.benchmark, masks, compute=ctx.compute,
+                                         models=[strategy.eval_model(ctx, i) for i in range(T)])
+        out.append((values, val_row, test_row))
+    if own is not None:
+        model.load_state_dict(own)
+    return out
 
 
 def _fit_task(
     model: LayeredModel, strategy: Strategy, ctx: TaskContext, config: TrainConfig, masks: Tensor | None,
-    progress: Callable[[int, int, int], None] | None, epoch_report: Callable[[int], EpochReport] | None,
+    progress: Callable[[int, int, int], None] | None, epoch_report: Callable[[int], EpochReport | None] | None,
 ) -> Generator[EpochReport, None, str]:
     """Train task ``ctx.task_index``, or load the source task's ``pretrained`` weights; return why the
     run diverged, or ""."""
@@ -166,7 +204,7 @@ def _fit_task(
 
 def _train_task(
     model: LayeredModel, strategy: Strategy, ctx: TaskContext, config: TrainConfig, masks: Tensor | None, lr: float,
-    progress: Callable[[int, int, int], None] | None, epoch_report: Callable[[int], EpochReport] | None,
+    progress: Callable[[int, int, int], None] | None, epoch_report: Callable[[int], EpochReport | None] | None,
 ) -> Generator[EpochReport, None, str]:
     """Train one task, phase after phase; return "" or, if the loss stopped being finite, "nan"/"inf".
 
@@ -177,6 +215,7 @@ def _train_task(
     t, n, batch_size = ctx.task_index, len(run.data.split), config.batch_size
     step = epoch = 0
     stopping = False
+    dropping = _seed_dropout(model, ctx)
     try:
         for index, (phase, epochs) in enumerate(run.plan):
             trainable = run.params if phase.trainable is None else phase_parameters(run.params, phase.trainable(model))
@@ -196,8 +235,8 @@ def _train_task(
                     if not bool(run.finite):
                         return "nan" if torch.isnan(loss.detach()) else "inf"
                     stopping = watch(epoch)
-                if epoch_report is not None:
-                    yield epoch_report(epoch)
+                if epoch_report is not None and (made := epoch_report(epoch)) is not None:
+                    yield made
                 epoch += 1
                 if stopping:
                     break
@@ -207,12 +246,27 @@ def _train_task(
     finally:
         if run.tap is not None:
             run.tap.remove()
+        for layer in dropping:
+            layer.generator = None
     # a finite last loss can still be followed by a step that leaves inf/NaN weights
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         return "nan"
     if run.stop is not None:
         run.stop.restore()
     return ""
+
+
+def _seed_dropout(model: LayeredModel, ctx: TaskContext) -> list[Dropout]:
+    """Give the model's dropout layers a generator for this task, seeded by a draw from the run's generator: seeds
+    in lockstep draw their own masks, and a run restored from the prefix cache (its generator too) the same ones.
+    No dropout, no draw: the run's random numbers stay as they were. The caller unsets it when the task ends."""
+    layers = dropout_layers(model)
+    if layers:
+        seed = int(torch.randint(2**63 - 1, (1,), generator=ctx.generator))
+        generator = torch.Generator(ctx.device).manual_seed(seed)
+        for layer in layers:
+            layer.generator = generator
+    return layers
 
 
 def _train_step(run: TaskRun, optimizer: PhaseOptimizer, idx: Tensor, step: int) -> Tensor:
@@ -223,7 +277,11 @@ def _train_step(run: TaskRun, optimizer: PhaseOptimizer, idx: Tensor, step: int)
     data, strategy, ctx, masks = run.data, run.strategy, run.ctx, run.masks
     batch = Batch(to_float(data.split.x[idx]), data.split.y[idx], None if data.task_ids is None else data.task_ids[idx])
     batch = strategy.adjust_batch(ctx, batch)
+    run.ctx.compute.optimizer_steps += 1
+    run.ctx.compute.train_samples += int(batch.x.shape[0])
     wanted = strategy.lr_factor(ctx.task_index, step, run.total)
+    if run.schedule is not None:  # warmup_epochs, lr_schedule: the trainer's own factor, times the strategy's
+        wanted *= run.schedule(step)
     if wanted != optimizer.factor:
         optimizer.set_factor(wanted)
     raw = run.model(batch.x)  # (B, classes)
@@ -254,7 +312,7 @@ def _train_step(run: TaskRun, optimizer: PhaseOptimizer, idx: Tensor, step: int)
 def build_run(config: TrainConfig, benchmark: Benchmark) -> tuple[LayeredModel, Strategy]:
     """A seeded model and the strategy for ``config`` on ``benchmark``."""
     torch.manual_seed(config.seed)  # the model's initial weights depend on the seed only
-    model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden)
+    model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden, config.dropout)
     if config.init_weights is not None:
         load_weights(model, config.init_weights, strict=False, what="init_weights")
     return model, build_strategy(config, len(model.layers()))

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from sweep.errors import ConfigError, SweepError
 from sweep.hparams import DEFAULTS
-from sweep.results.schema import STUDY_FILE
+from sweep.results.schema import DERIVED_COLUMN, STATUSES, STUDY_FILE
 from sweep.results.store import (
+    TRACKERS_FOLDER,
     StudyStore,
     acquire_study_lock,
     check_study_folder,
@@ -32,12 +33,22 @@ from sweep.strategies.registry import check_frozen_layers
 from sweep.tune.interrupts import deferred
 from sweep.tune.options import SweepOptions, base_config, study_name, validate_options
 from sweep.tune.prefix_cache import WEIGHT_FILES, file_digest
+from sweep.tune.pruning import SuccessiveHalving, tune_scheduler
 from sweep.tune.ray_session import check_resources, init_ray, starts_own_ray
 from sweep.tune.search_space import SearchSpace, load_space, space_path
 from sweep.tune.searcher import optuna_searcher
 from sweep.tune.sink import ResultSink, package_versions
 from sweep.tune.staging import experiment_name, staged_experiment
-from sweep.tune.study import check_resume, check_writable, new_study_writes, prepare_storage, storage_folder, write_json
+from sweep.tune.study import (
+    check_resume,
+    check_writable,
+    new_study_writes,
+    prepare_storage,
+    record_in_study,
+    storage_folder,
+    write_json,
+)
+from sweep.tune.trackers import prepare_folders, tracker_callbacks, trackers
 
 if TYPE_CHECKING:
     from sweep.data.tasks import Benchmark
@@ -88,13 +99,14 @@ def _study_meta(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study
             "space_sha256": hashlib.sha256(Path(space.path).read_bytes()).hexdigest(),
             "base_config": base, "seeds": list(range(o.seeds)), "objective": o.objective,
             "min_plasticity": o.min_plasticity, "sampler": o.sampler,
+            "prune": {"eta": o.prune_eta, "grace": o.prune_grace} if o.prune else None,
             # the checkpoints' contents, not only their paths: a file replaced since is refused on --resume
             "weights_sha256": {key: file_digest(base[key]) for key in WEIGHT_FILES if base.get(key)},
             # the table's defaults when the study started: what a field the base config and a trial's
             # columns leave out meant then (a hp_ column added later reads as null in this study's files)
             "defaults": DEFAULTS,
             # where it writes besides its results (cache, Tune's storage): what `sweep clean` removes
-            **new_study_writes(o.storage, study)}
+            **new_study_writes(o.storage, study, trackers=bool(o.log))}
 
 
 def _check_study_dir(o: SweepOptions, study_dir: Path, meta: dict[str, Any]) -> bool:
@@ -123,18 +135,23 @@ def _check_inputs(o: SweepOptions, space: SearchSpace, base: dict[str, Any]) -> 
     fit or frozen layers the model lacks fail here, before Ray starts. Returns the benchmark."""
     from sweep.data.benchmarks import build_benchmark
     from sweep.models import build_model, load_weights
+    from sweep.models.builtin import DROPOUT_MODELS
     from sweep.tune.trial import trial_config
 
     config0 = trial_config(base, {})
     benchmark = build_benchmark(config0.benchmark, config0.scenario, config0.num_tasks, config0.class_order,
                                 config0.data_root, config0.val_fraction)
-    model0 = build_model(config0.model, benchmark.input_shape, benchmark.num_classes, config0.hidden)
+    model0 = build_model(config0.model, benchmark.input_shape, benchmark.num_classes, config0.hidden,
+                         config0.dropout)
     n_layers = len(model0.layers())
     for key in ("pretrained", "init_weights"):
         if getattr(config0, key) is not None:
             load_weights(model0, getattr(config0, key), strict=key == "pretrained", what=key)
     frozen = {"--frozen-layers" if "frozen_layers" in o.extra else "fixed.frozen_layers": base.get("frozen_layers", 0)}
     for p in space.params:
+        if p.name == "dropout" and config0.model not in DROPOUT_MODELS:  # else every trial would fail the same way
+            raise ConfigError(f"{space.path}: params.dropout is searched, but model {config0.model} has no dropout of "
+                              f"its own (the built-in {' and '.join(DROPOUT_MODELS)} have); stop searching dropout")
         if p.name == "frozen_layers":
             frozen.update({"params.frozen_layers.high": p.high} if p.high is not None else
                           {"params.frozen_layers.choices": max(p.choices)})
@@ -173,6 +190,9 @@ def _start(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str
             write_json(study_dir / STUDY_FILE, meta)
         created = False  # from here on the folder is a real study and is kept
         prepare_storage(meta)  # recorded in study.json first: `sweep clean` finds it whatever happens next
+        if o.log:  # the same for --log's folder: a resume that adds --log records it now
+            record_in_study(study_dir, TRACKERS_FOLDER)
+            prepare_folders(study_dir, trackers(o.log))
         return _run(o, space, base, study, study_dir, benchmark_to_arrays(benchmark), benchmark.num_tasks)
     except OSError as err:  # a full disk or a read-only mount on the way: one line, never a traceback
         resumable = not created and (study_dir / STUDY_FILE).exists()
@@ -201,7 +221,8 @@ def _start(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str
 def count_trials(study_dir: Path, target: int) -> SweepSummary:
     """How the study's trials ended, from its Parquet record."""
     store = StudyStore(study_dir)
-    counts = {s: sum(1 for r in store.trials if r["status"] == s) for s in ("finished", "error", "diverged")}
+    trained = [r for r in store.trials if not r.get(DERIVED_COLUMN)]  # not the free variants of one
+    counts = {s: sum(1 for r in trained if r["status"] == s) for s in STATUSES}
     return SweepSummary(study_dir, counts, target)
 
 
@@ -223,7 +244,10 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
                              "prefix_shared": storage != study_dir,
                              "driver_node": ray.get_runtime_context().get_node_id(),
                              # folders of module:function entry points, for the trials' imports
-                             "import_paths": import_paths(base.get("model", ""), base.get("benchmark", ""))}
+                             "import_paths": import_paths(base.get("model", ""), base.get("benchmark", "")),
+                             # every trial reports at the rungs (sweep.tune.pruning), pruned or not: an
+                             # unpruned study's rung records show what --prune would have done
+                             "rungs": {"eta": o.prune_eta, "grace": o.prune_grace}}
     versions = package_versions()
     payload_ref = ray.put(payload)  # once into the object store; every trial reads the same copy
     resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
@@ -237,7 +261,9 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
         trainable = tune.with_resources(tune.with_parameters(tune_trainable, payload=payload_ref, setup=setup_),
                                         resources)
         run_config = tune.RunConfig(
-            name=name, storage_path=str(storage / "ray"), callbacks=[sink.callback], verbose=0,
+            name=name, storage_path=str(storage / "ray"), verbose=0,
+            # --log: Ray Tune's own logger callbacks, each writing in <study>/trackers/<tracker>
+            callbacks=[sink.callback, *tracker_callbacks(trackers(o.log), study_dir, study)],
             failure_config=tune.FailureConfig(max_failures=1),  # a killed worker is retried once
         )
         return tune.Tuner(trainable, run_config=run_config, **tune_kwargs)
@@ -268,7 +294,23 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     remaining = o.trials - store.count("search")
     if remaining > 0:
         searcher = optuna_searcher(o, space, study_dir)
+        scheduler: dict[str, Any] = {}
+        if o.prune:  # only the search's trials: the references always finish
+            sink.halving = resumed_halving(store, o.prune_eta)
+            scheduler = {"scheduler": tune_scheduler(sink.halving)}
         fit("search", setup, tune_config=tune.TuneConfig(
             search_alg=searcher, num_samples=remaining, reuse_actors=True,
-            max_concurrent_trials=o.max_concurrent))
+            max_concurrent_trials=o.max_concurrent, **scheduler))
     return count_trials(study_dir, o.trials + len(("naive", "joint")) * o.references)
+
+
+def resumed_halving(store: StudyStore, eta: float) -> SuccessiveHalving:
+    """The scheduler of a --prune search, holding what the study's recorded search trials reported at each
+    rung: a resumed sweep judges its new trials against them as the killed one would have."""
+    halving = SuccessiveHalving(eta)
+    search = {row["trial_id"] for row in store.trials if row["role"] == "search"}
+    for row in store.rungs:
+        if row["trial_id"] in search and row["val_stability_mean"] is not None:
+            halving.record(row["trial_id"], row["task"], row["epoch"],
+                           (row["val_stability_mean"], row["val_plasticity_mean"]))
+    return halving

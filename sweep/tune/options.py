@@ -16,12 +16,15 @@ from sweep.hparams import BY_NAME, DEFAULTS, HYPERPARAMETER, MAX_SEED
 from sweep.reading import check_regular
 from sweep.tune.ray_session import MAX_NICENESS, address_host_port, cluster_address
 from sweep.tune.search_space import SearchSpace, check_active
+from sweep.tune.trackers import trackers
 
-SAMPLERS = ("tpe", "nsga2")
+SAMPLERS = ("tpe", "nsga2", "random")  # sweep.tune.searcher.build_sampler builds each
 OBJECTIVE_MODES = ("pareto", "constrained")
 MAX_SEEDS = 1000  # every trial trains once per seed; a thousand is already weeks of compute
 MAX_TRIALS = 1_000_000
 MIN_RESOURCE = 1e-4  # Ray counts CPUs and GPUs in steps of 0.0001: less is no share at all
+MAX_ETA = 100.0  # at eta 100 only the front of a rung goes on
+MAX_GRACE = 100_000  # epochs
 MAX_STUDY_NAME = 128  # characters; a folder name may hold 255 bytes on most filesystems
 
 
@@ -46,6 +49,11 @@ class SweepOptions:
     objective: str = "pareto"  # pareto: (stability, plasticity); constrained: max stability s.t. plasticity
     min_plasticity: float = 0.95  # constrained mode: plasticity >= this fraction of naive's
     sampler_seed: int = 0
+    # stop trials dominated at a rung (sweep.tune.pruning): the top 1/prune_eta of the trials at a rung go on,
+    # none is stopped before prune_grace epochs past task 1
+    prune: bool = False
+    prune_eta: float = 3.0
+    prune_grace: int = 1
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractional: 0.25 puts four trials on one GPU
     max_concurrent: int | None = None  # None: as many as the resources allow
@@ -60,6 +68,9 @@ class SweepOptions:
     prefix_cache: bool = True  # share the state after task 1 between trials that agree on it
     # a shared POSIX folder every node reaches, for the task-prefix cache and Tune's storage (None: the study folder)
     storage: str | None = None
+    # experiment trackers that also get every trial's metrics after each task, in <study>/trackers/ (mlflow, wandb,
+    # tensorboard; sweep.tune.trackers); not part of the study: a resume may log to others
+    log: tuple[str, ...] = ()
     # more TrainConfig fields every trial shares (`sweep run --hidden 400,400`, the API); like ``epochs``,
     # they override the space's fixed values
     extra: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +108,12 @@ def validate_options(o: SweepOptions) -> None:
     if o.objective not in OBJECTIVE_MODES:
         raise ConfigError(f"--objective {o.objective!r} is unknown; allowed: {', '.join(OBJECTIVE_MODES)}"
                           f"{did_you_mean(o.objective, OBJECTIVE_MODES)}")
+    if not _number(o.prune_eta) or not 1.0 < o.prune_eta <= MAX_ETA:
+        raise ConfigError(f"--prune-eta must be a number in (1, {MAX_ETA:g}] (the top 1/eta of a rung go on), "
+                          f"got {o.prune_eta!r}")
+    _check_int("--prune-grace", o.prune_grace, 1, MAX_GRACE)
+    if not o.prune and (o.prune_eta != SweepOptions.prune_eta or o.prune_grace != SweepOptions.prune_grace):
+        raise ConfigError("--prune-eta and --prune-grace set how --prune stops trials; pass --prune as well")
     if not _number(o.min_plasticity) or not 0.0 < o.min_plasticity <= 1.0:
         raise ConfigError(f"--min-plasticity must be in (0, 1], got {o.min_plasticity}")
     _check_resource("--cpus-per-trial", o.cpus_per_trial, zero=False)
@@ -108,6 +125,7 @@ def validate_options(o: SweepOptions) -> None:
                           "(a local sweep starts Ray with every one)")
     run_level_config(o)  # --epochs 0, --scenario online, --hidden 0: named as the flag
     study_name(o)
+    trackers(o.log)  # --log mlfow; a tracker whose package is missing: named with its pip command
     if o.address:
         address_host_port(o.address)  # its form now; whether it answers once the study is locked
     if o.storage is not None:

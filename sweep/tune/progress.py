@@ -125,8 +125,10 @@ class Progress:
             estimate = f"about {clock_text(elapsed / here * left)} left"
         else:
             estimate = "estimate after the first trial"
-        errored = sum(1 for row in self.rows if row.get("status") != "finished")
-        failed = f" ({errored} errored or diverged)" if errored else ""
+        pruned = sum(1 for row in self.rows if row.get("status") == "pruned")
+        errored = sum(1 for row in self.rows if row.get("status") not in ("finished", "pruned"))
+        notes = [f"{pruned} pruned"] * bool(pruned) + [f"{errored} errored or diverged"] * bool(errored)
+        failed = f" ({', '.join(notes)})" if notes else ""
         return (f"trials: {done}/{self.total} done{failed}, {running} running, {pending} pending | "
                 f"{clock_text(elapsed)} elapsed, {estimate} | {front_text(self.rows)}")
 

@@ -31,6 +31,8 @@ def reconcile_optuna(study: Any, store: StudyStore) -> int:
         if row is not None and row["status"] in ("finished", "diverged"):
             values = [row.get(f"val_{k}_mean") or 0.0 for k in OBJECTIVES]
             study.tell(trial.number, values if len(study.directions) > 1 else values[0])
+        elif row is not None and row["status"] == "pruned":  # stopped at a rung: never its partial values
+            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         closed += 1
@@ -129,6 +131,40 @@ def _json_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def build_sampler(o: SweepOptions) -> Any:
+    """The Optuna sampler of ``--sampler``, seeded with ``--sampler-seed`` and sized to ``--trials``.
+
+    The budget rule, for both model-based samplers: about a quarter of the trials are random, the rest
+    come from the model.
+
+    - ``tpe``: ``n_startup_trials`` random trials, a quarter of ``--trials`` within 2..10. Optuna's
+      default of 10 is meant for budgets of a hundred trials and more: in the quick start's 12 it would
+      leave two trials to TPE. Optuna counts only *finished* trials towards the start-up, so with c
+      trials at once the first ``n_startup_trials + c - 1`` points are random: 3 + 1 = 4 of the quick
+      start's 12 at 2 at once (a third), 10 + 1 of a 40-trial sweep. At least 2: TPE splits the
+      finished trials into a better and a worse group and needs one in each. ``constant_liar``: the
+      trials still running count as "worse" points where they are, so trials asked while others run
+      are spread out instead of landing on the same optimum (Optuna 5 turns it on by default, Optuna
+      4 did not; this package allows both). Ray's OptunaSearch asks each trial with ``study.ask``, so
+      the running ones are RUNNING trials of the study, with their parameters, which is what the liar
+      reads; it works for multi-objective studies too (optuna/samplers/_tpe/sampler.py, ``_sample``).
+    - ``nsga2``: a population of a quarter of ``--trials`` within 4..50 (Optuna's default), so that the
+      random first generation is that quarter and about three generations of offspring follow
+      (``--trials 12``: a random generation of 4, then two of offspring; the former rule, half the
+      budget, left one). Under 4, its tournament selection has nearly no choice.
+    - ``random``: Optuna's RandomSampler, the baseline the other two must beat.
+    """
+    import optuna
+
+    quarter = math.ceil(o.trials / 4)
+    if o.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=o.sampler_seed, population_size=max(4, min(50, quarter)))
+    if o.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=o.sampler_seed)
+    return optuna.samplers.TPESampler(seed=o.sampler_seed, n_startup_trials=max(2, min(10, quarter)),
+                                      constant_liar=True)
+
+
 def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path) -> Any:
     import optuna
     from optuna.storages import JournalStorage
@@ -137,13 +173,20 @@ def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path) -> Any
     from sweep.tune.journal_backend import UninterruptedBackend
 
     class RecordingOptunaSearch(OptunaSearch):
-        """Tags each Optuna trial with its Tune trial id, so a resume can reconcile them."""
+        """Tags each Optuna trial with its Tune trial id, so a resume can reconcile them; a pruned trial is PRUNED."""
 
         def suggest(self, trial_id: str) -> dict | None:
             params = super().suggest(trial_id)
             if trial_id in self._ot_trials:
                 self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
             return params
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            """A trial stopped before its final report (pruned at a rung) is PRUNED, never COMPLETE with
+            the partial values of its last report: Ray's OptunaSearch tells PRUNED when no values come."""
+            if result is not None and not result.get("final"):
+                result = None
+            super().on_trial_complete(trial_id, result=result, error=error)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backup = repair_journal(study_dir)  # a torn last record would join the next one and break every later read
@@ -153,11 +196,7 @@ def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path) -> Any
     # appends an interrupt never cuts in half (no stale optuna.journal.lock, no half record)
     storage = JournalStorage(UninterruptedBackend(str(study_dir / "optuna.journal")))
     multi = o.objective == "pareto"
-    sampler: optuna.samplers.BaseSampler
-    if o.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=o.sampler_seed, population_size=max(4, min(50, o.trials // 2)))
-    else:
-        sampler = optuna.samplers.TPESampler(seed=o.sampler_seed, n_startup_trials=max(2, min(10, o.trials // 3)))
+    sampler = build_sampler(o)
     name = study_dir.name
     directions: list[Literal["maximize"]] = ["maximize", "maximize"] if multi else ["maximize"]
     existing = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)

@@ -13,7 +13,7 @@ from sweep.errors import ConfigError
 from sweep.reading import read_regular
 from sweep.results.cleaning import make_storage_folder, read_json_record, study_writes
 from sweep.results.schema import STUDY_FILE
-from sweep.results.store import STUDY_FOLDERS
+from sweep.results.store import STUDY_FOLDERS, TRACKERS_FOLDER
 
 
 def check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
@@ -24,7 +24,10 @@ def check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
         old = None
     if not isinstance(old, dict):
         raise ConfigError(f"{study_dir / STUDY_FILE} is unreadable; cannot resume this study")
-    for key in ("strategy", "base_config", "seeds", "objective", "space_sha256"):
+    # the sampler too, when the study recorded one: else the trials to come are another sampler's than it says
+    # and pruning: the trials to come stop where the study's did (a study from before it recorded none)
+    optional = tuple(key for key in ("sampler", "prune") if key in old and key in meta)
+    for key in ("strategy", "base_config", "seeds", "objective", "space_sha256", *optional):
         if old.get(key) != json.loads(json.dumps(meta[key])):
             raise ConfigError(f"--resume: {resume_difference(key, old.get(key), json.loads(json.dumps(meta[key])))}; "
                               "resume with the same settings or start another --study")
@@ -39,14 +42,16 @@ def check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
 
 
 # --- where a study writes besides its results: recorded in study.json when it starts (sweep clean's list)
-def new_study_writes(storage: str | None, study: str) -> dict[str, Any]:
+def new_study_writes(storage: str | None, study: str, trackers: bool = False) -> dict[str, Any]:
     """``study.json``'s ``uid`` and ``writes`` for a new study: its task-prefix cache and Tune's storage, in the
-    study folder, or with ``--storage`` in a folder of its own there, ``<storage>/<study>-<uid>``."""
+    study folder, or with ``--storage`` in a folder of its own there, ``<storage>/<study>-<uid>``; with
+    ``trackers`` (``--log``), its ``trackers`` folder, always in the study folder."""
     uid = secrets.token_hex(16)
+    logs = [TRACKERS_FOLDER] if trackers else []
     if storage is None:
-        return {"uid": uid, "writes": {"in_study": list(STUDY_FOLDERS), "storage": None}}
+        return {"uid": uid, "writes": {"in_study": [*STUDY_FOLDERS, *logs], "storage": None}}
     folder = Path(storage).expanduser().resolve() / f"{study}-{uid[:12]}"
-    return {"uid": uid, "writes": {"in_study": [], "storage": str(folder)}}
+    return {"uid": uid, "writes": {"in_study": logs, "storage": str(folder)}}
 
 
 def _resume_writes(study_dir: Path, old: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -61,6 +66,20 @@ def _resume_writes(study_dir: Path, old: dict[str, Any], meta: dict[str, Any]) -
     meta["uid"] = old.get("uid")
     meta["writes"] = {"in_study": list(recorded.in_study),
                       "storage": str(recorded.storage) if recorded.storage is not None else None}
+
+
+def record_in_study(study_dir: Path, name: str) -> None:
+    """Add the folder ``name`` to what ``study.json`` records the study writes inside it (``--log``'s trackers
+    folder, when a resume adds ``--log``), before anything is written there: `sweep clean` removes what the
+    record names. The caller holds the study's lock."""
+    path = study_dir / STUDY_FILE
+    meta = read_json_record(path)
+    writes = study_writes(meta, study_dir)  # a study from before the record: its default folders
+    if name in writes.in_study:
+        return
+    meta["writes"] = {"in_study": [*writes.in_study, name],
+                      "storage": str(writes.storage) if writes.storage is not None else None}
+    write_json(path, meta)
 
 
 def storage_folder(study_dir: Path) -> Path:

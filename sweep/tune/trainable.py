@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from sweep.tune.pruning import RungPlan
 from sweep.tune.staging import trial_folder, trial_prefix_dir
 from sweep.tune.trial import benchmark_from_arrays, run_trial, trial_config
 
@@ -42,7 +43,9 @@ def tune_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None
     wrote = {"wrote": asdict(where[0])} if where is not None else {}
 
     def report(metrics: dict[str, Any]) -> None:
-        tune.report({**metrics, **wrote, "node": node} if metrics.get("final") else {**metrics, **wrote})
+        tune.report({**metrics, **wrote, "node": node})  # a pruned trial's last report is its record
 
+    # where it reports inside tasks: from its own epochs (a space may search them)
+    rungs = RungPlan(benchmark.num_tasks, config.epochs, **setup["rungs"]) if setup.get("rungs") else None
     run_trial(config, benchmark, list(setup["seeds"]), report, device=trial_device(), objective=setup.get("objective"),
-              prefix_dir=trial_prefix_dir(setup, node, where))
+              prefix_dir=trial_prefix_dir(setup, node, where), rungs=rungs)

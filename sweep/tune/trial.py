@@ -9,6 +9,7 @@ nothing), and the sink records its real status and reason. The Ray trainable
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Generator
@@ -23,6 +24,7 @@ from sweep.metrics import all_metrics
 from sweep.results.schema import METRICS, SPLITS, metric_column
 from sweep.train.trainer import EpochReport, SequenceResult, TaskReport, build_run, iter_sequence
 from sweep.tune.prefix_cache import PrefixCache, prefix_key
+from sweep.tune.pruning import END, RungPlan, rung_key
 
 OBJECTIVES = ("stability", "plasticity")  # both maximised; validation means over seeds
 REFERENCES = ("naive", "joint")  # roles of the trials every study runs beside its search
@@ -71,15 +73,46 @@ def prefix_metrics(R: np.ndarray, initial: np.ndarray, tasks_done: int) -> dict[
             "retention": 1.0}
 
 
-def summarize(reports: list[TaskReport], tasks_done: int) -> dict[str, float]:
-    """Mean and std over seeds of every metric, for both splits (flat keys as in sweep.results.schema)."""
+def summarize(reports: list[TaskReport] | list[EpochReport], tasks_done: int,
+              splits: tuple[str, ...] = SPLITS) -> dict[str, float]:
+    """Mean and std over seeds of every metric, for ``splits`` (flat keys as in sweep.results.schema)."""
     out: dict[str, float] = {}
-    for split in SPLITS:
+    for split in splits:
         per_seed = [prefix_metrics(getattr(r, split), getattr(r, f"initial_{split}"), tasks_done) for r in reports]
         for metric in METRICS:
             values = np.array([m[metric] for m in per_seed], dtype=np.float64)
             out[metric_column(split, metric, "mean")] = float(values.mean())
             out[metric_column(split, metric, "std")] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+Report = TaskReport | EpochReport | SequenceResult  # what a seed's run hands out next; a SequenceResult ends it
+_DONE = (1 << 31, 0)  # a run that returned sorts after every report
+
+
+def _position(item: Report) -> tuple[int, int]:
+    """Where a seed's run stands: (task, epoch), 1-based; a task's end after its epochs."""
+    if isinstance(item, SequenceResult):
+        return _DONE
+    return rung_key(item.task_index + 1, item.epoch + 1 if isinstance(item, EpochReport) else None)
+
+
+def _advance(run: Generator[TaskReport | EpochReport, None, SequenceResult]) -> Report:
+    try:
+        return next(run)
+    except StopIteration as stop:
+        return stop.value
+
+
+COMPUTE_KEYS = ("optimizer_steps", "train_samples", "fisher_samples", "eval_passes", "eval_samples")
+
+
+def compute_spent(items: list[Report]) -> dict[str, int]:
+    """The work of every seed so far, summed: tasks 2 on per kind, ``compute_samples`` their total,
+    ``task1_samples`` what task 1 cost here (0 when every seed restored it from the prefix cache)."""
+    out = {key: sum(int(getattr(item.compute, key)) for item in items) for key in COMPUTE_KEYS}
+    out["compute_samples"] = sum(item.compute.samples for item in items)
+    out["task1_samples"] = sum(item.compute_first.samples for item in items)
     return out
 
 
@@ -92,8 +125,9 @@ def run_trial(
     device: torch.device | None = None,
     objective: dict[str, float] | None = None,
     prefix_dir: str | None = None,
+    rungs: RungPlan | None = None,
 ) -> dict[str, Any]:
-    """Train ``config`` on every seed in lockstep, call ``report(metrics)`` after each task.
+    """Train ``config`` on every seed in lockstep, call ``report(metrics)`` after each task and rung.
 
     Args:
         config: the trial's full configuration (its ``seed`` is replaced by each of ``seeds``).
@@ -104,6 +138,12 @@ def run_trial(
         objective: for the single-objective mode, ``{"min_plasticity": p}``: ``objective`` is
             stability when plasticity >= p, else below every feasible value.
         prefix_dir: a task-prefix cache folder shared by trials (None: no reuse).
+        rungs: where the trial also reports inside tasks (:mod:`sweep.tune.pruning`); a report at a
+            rung carries ``rung_task`` and ``rung_epoch`` (0: the task's end) and the validation
+            metrics only. None: after each task only.
+
+    Every report carries the work done so far (``compute_samples``, ``optimizer_steps``, ...,
+    summed over the seeds) and the accuracy rows of the tasks finished so far.
 
     Returns:
         The final report, which also holds every seed's accuracy matrices.
@@ -111,39 +151,115 @@ def run_trial(
     device = device or torch.device("cpu")
     started = time.perf_counter()
     benchmark = benchmark.to(device)
-    runs = _seed_runs(config, benchmark, seeds, device, prefix_dir)
+    runs = _seed_runs(config, benchmark, seeds, device, prefix_dir, rungs)
     T = benchmark.num_tasks
-    last: list[TaskReport | EpochReport | None] = [None] * len(seeds)  # TaskReports: no epoch_reports
-    final: dict[str, Any] = {}
-    for t in range(T):
-        diverged = []
-        for s, run in enumerate(runs):
-            try:
-                last[s] = next(run)
-            except StopIteration as stop:  # only before T tasks when the run diverged
-                diverged.append(stop.value)
+    pending: list[Report] = [_advance(run) for run in runs]
+    tasks: list[TaskReport | None] = [None] * len(seeds)  # each seed's latest task report
+    tasks_done, final = 0, {}
+    while True:
+        diverged = [item for item in pending if isinstance(item, SequenceResult) and item.status != "finished"]
         if diverged:
-            final = {**{k: 0.0 for k in OBJECTIVES}, "objective": -2.0, "tasks_done": t, "final": True,
+            final = {**{k: 0.0 for k in OBJECTIVES}, "objective": -2.0, "tasks_done": tasks_done, "final": True,
                      "status": "diverged", "reason": diverged[0].reason}
             for run in runs:
                 run.close()  # the other seeds stop here too: no more training for a trial that is over
             break
-        final = _task_result([r for r in last if isinstance(r, TaskReport)], t, T, objective)
-        if t < T - 1:
-            report(final)
-    final.update(_finish_runs(runs))
+        if all(isinstance(item, SequenceResult) for item in pending):
+            break
+        target = min(_position(item) for item in pending)
+        at = [s for s, item in enumerate(pending) if _position(item) == target]
+        for s in at:
+            if isinstance(pending[s], TaskReport):
+                tasks[s] = pending[s]  # type: ignore[assignment]
+        if len(at) == len(seeds):  # a position every seed reached (early stopping may skip an epoch's)
+            result = _position_result(pending, tasks, target, T, objective, rungs)
+            if isinstance(pending[0], TaskReport):
+                tasks_done = target[0]
+            if result.get("final"):
+                final = result
+            else:
+                report({**result, "duration_s": time.perf_counter() - started})
+        for s in at:
+            pending[s] = _advance(runs[s])
+    final.update(_stats(pending))
+    final.update(compute_spent(pending))
     final["duration_s"] = time.perf_counter() - started
-    final["accuracy"] = {
-        str(seed): {split: np.nan_to_num(getattr(r, split), nan=-1.0).tolist() if r else None for split in SPLITS}
-        | {f"initial_{split}": getattr(r, f"initial_{split}").tolist() if r else None for split in SPLITS}
-        for seed, r in zip(seeds, last)
-    }
+    final["accuracy"] = accuracy_rows(seeds, tasks)
+    if final["status"] == "finished":
+        final["derived"] = derived_results(pending, tasks, seeds, objective)
+        _tell_best(final, objective)
     report(final)
     return final
 
 
+def derived_results(pending: list[Report], tasks: list[TaskReport | None], seeds: list[int],
+                    objective: dict[str, float] | None) -> list[dict[str, Any]]:
+    """The free variants of the final models (interpolation's α grid), each a result of its own: every metric
+    over the seeds from the run's matrices with the variant's last row, and its accuracy rows."""
+    results = [item for item in pending if isinstance(item, SequenceResult)]
+    if not results or not results[0].variants or any(t is None for t in tasks):
+        return []
+    out = []
+    for k, (values, _, _) in enumerate(results[0].variants):
+        reports = []
+        for result, last in zip(results, tasks):
+            assert last is not None
+            val, test = last.val.copy(), last.test.copy()
+            val[-1], test[-1] = result.variants[k][1], result.variants[k][2]
+            reports.append(dataclasses.replace(last, val=val, test=test))
+        metrics = summarize(reports, reports[0].num_tasks)
+        point: dict[str, Any] = {"values": values, **metrics, "stability": metrics["val_stability_mean"],
+                                 "plasticity": metrics["val_plasticity_mean"],
+                                 "accuracy": accuracy_rows(seeds, reports)}  # type: ignore[arg-type]
+        point["objective"] = _objective(point, objective)
+        out.append(point)
+    return out
+
+
+def _tell_best(final: dict[str, Any], objective: dict[str, float] | None) -> None:
+    """What the search is told for a trial with free variants: its best-compromise point, the one with the
+    largest stability + plasticity (the nearest to the ideal (1, 1) in L1: both are accuracies on one scale,
+    so no weighting is assumed), or the best objective in the constrained mode. The search then learns
+    where the best trade-off of a fine-tune lies, not one arbitrary point of its α curve. The trial's own
+    row keeps its own values."""
+    derived = final.get("derived") or []
+    if not derived:
+        return
+    key = (lambda p: p["objective"]) if objective else (lambda p: p["stability"] + p["plasticity"])
+    best = max([final, *derived], key=key)
+    final.update(stability=best["stability"], plasticity=best["plasticity"], objective=best["objective"],
+                 told=dict(best.get("values") or {}))
+
+
+def accuracy_rows(seeds: list[int], tasks: list[TaskReport | None]) -> dict[str, Any]:
+    """Every seed's accuracy matrices so far (rows not reached read -1), for the study's accuracy file."""
+    return {
+        str(seed): {split: np.nan_to_num(getattr(r, split), nan=-1.0).tolist() if r else None for split in SPLITS}
+        | {f"initial_{split}": getattr(r, f"initial_{split}").tolist() if r else None for split in SPLITS}
+        for seed, r in zip(seeds, tasks)
+    }
+
+
+def _position_result(pending: list[Report], tasks: list[TaskReport | None], position: tuple[int, int], num_tasks: int,
+                     objective: dict[str, float] | None, rungs: RungPlan | None) -> dict[str, Any]:
+    """The report every seed reached at ``position``: after a task, or at an epoch rung inside one."""
+    task, epoch = position[0], (None if position[1] == END else position[1])
+    if epoch is None:
+        result = _task_result([r for r in pending if isinstance(r, TaskReport)], task - 1, num_tasks, objective)
+    else:
+        result = _epoch_result([r for r in pending if isinstance(r, EpochReport)], task, objective)
+    if rungs is not None and task >= 2 and not result["final"]:
+        result.update(rung_task=task, rung_epoch=epoch or 0, rung_decides=rungs.decides(task, epoch))
+    if not result["final"]:
+        result.update(compute_spent(pending))
+        if rungs is not None:  # what a trial stopped here keeps: the rows of the tasks it finished
+            result["accuracy"] = accuracy_rows(list(range(len(tasks))), tasks)
+    return result
+
+
 def _seed_runs(
-    config: TrainConfig, benchmark: Benchmark, seeds: list[int], device: torch.device, prefix_dir: str | None
+    config: TrainConfig, benchmark: Benchmark, seeds: list[int], device: torch.device, prefix_dir: str | None,
+    rungs: RungPlan | None,
 ) -> list[Generator[TaskReport | EpochReport, None, SequenceResult]]:
     """One trainer generator per seed, each on its own seeded model and strategy (and prefix cache entry)."""
     runs = []
@@ -151,7 +267,8 @@ def _seed_runs(
         seeded = config.replace(seed=seed)
         model, strategy = build_run(seeded, benchmark)
         prefix = PrefixCache(prefix_dir, prefix_key(seeded, benchmark)) if prefix_dir else None
-        runs.append(iter_sequence(benchmark, model, strategy, seeded, device=device, prefix=prefix))
+        runs.append(iter_sequence(benchmark, model, strategy, seeded, device=device, prefix=prefix,
+                                  epoch_reports=rungs.reports_after if rungs is not None else False))
     return runs
 
 
@@ -173,14 +290,24 @@ def _task_result(
     return result
 
 
-def _finish_runs(runs: list[Generator[TaskReport | EpochReport, None, SequenceResult]]) -> dict[str, float]:
-    """Finish the generators and average each strategy's stats (Fisher scale) over the seeds."""
+def _epoch_result(reports: list[EpochReport], task: int, objective: dict[str, float] | None) -> dict[str, Any]:
+    """The report at an epoch rung of task ``task`` (1-based): validation metrics of the model as it stands,
+    old tasks against the current one (the test split is evaluated at a task's end only)."""
+    metrics = summarize(reports, task, splits=("val",))
+    result: dict[str, Any] = {
+        **metrics, "stability": metrics["val_stability_mean"], "plasticity": metrics["val_plasticity_mean"],
+        "tasks_done": task - 1, "final": False, "status": "running", "reason": "",
+    }
+    result["objective"] = _objective(result, objective)
+    return result
+
+
+def _stats(items: list[Report]) -> dict[str, float]:
+    """Each strategy's stats (Fisher scale) averaged over the seeds whose run returned."""
     stats: dict[str, list[float]] = {}
-    for run in runs:
-        try:
-            next(run)
-        except StopIteration as stop:  # a closed generator (after a divergence) returns None
-            for key, value in (stop.value.stats if stop.value else {}).items():
+    for item in items:
+        if isinstance(item, SequenceResult):
+            for key, value in item.stats.items():
                 stats.setdefault(key, []).append(value)
     return {key: float(np.mean(values)) for key, values in stats.items()}
 

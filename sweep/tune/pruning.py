@@ -1,0 +1,236 @@
+"""Multi-objective early stopping at task and epoch boundaries: rungs, and successive halving on them.
+
+Continual learning has a fidelity axis of its own: the tasks, and the epochs inside each task. A
+trial reports validation (stability, plasticity), the mean over its seeds, at every **rung**:
+
+- the end of every task from task 2 on (task 1's end has no old task: stability is not defined yet,
+  and task 1 is shared through the prefix cache anyway);
+- inside every task from task 2 on, the epochs ``grace * eta**k`` short of the task's last (epochs
+  1, 3, 9 of a fine-tune at ``eta=3``), spaced geometrically as in ASHA.
+
+A rung is a position (task, epoch), ``epoch=None`` for the task's end: trials are compared only at
+the same rung. The last task's end is the trial's final result, never a rung.
+
+:class:`SuccessiveHalving` is asynchronous successive halving on two objectives, after
+Schmucker et al. 2021 (MO-ASHA) and Syne Tune's ``moasha.py``: when a trial reaches a rung it is
+ranked against the trials that reached that rung before it, and continues only if it ranks in
+the top ``1/eta`` of them. It never waits for a trial that has not reached the rung, so the first
+trials to arrive are judged against few peers (as in ASHA; Ray's ASHA stops a trial below the
+rung's ``1 - 1/eta`` quantile of the values recorded so far, and this is the same rule on ranks).
+A trial on the rung's non-dominated front always continues, however many share the front: it is
+the best known trade-off for some preference, and stopping it could only lose front.
+
+The ranking is non-dominated sorting, ties inside a front broken by **crowding distance**
+(NSGA-II), not by hypervolume contribution: at an intermediate rung the values are partial (a
+stability over fewer old tasks, a plasticity a few epochs in) and there is no reference point that
+means anything for them, while crowding distance needs none; and it keeps the front's extremes
+(infinite distance), the most stable and the most plastic settings, which are the ends of the
+trade-off a user chooses along.
+
+The scheduler reads reported values only, so it can be replayed exactly on the rung records of a
+study swept without it (the benchmark does). :func:`tune_scheduler` wraps it for Ray Tune.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_ETA = 3.0
+DEFAULT_GRACE = 1  # epochs trained past task 1 before a trial can be stopped
+
+RungKey = tuple[int, int]  # (task, epoch): 1-based; END for the task's end
+END = 1 << 30  # sorts after every epoch of its task
+
+
+def rung_key(task: int, epoch: int | None) -> RungKey:
+    return (task, END if epoch is None else epoch)
+
+
+def rung_label(task: int, epoch: int | None) -> str:
+    return f"task {task} end" if epoch is None else f"task {task} epoch {epoch}"
+
+
+def epoch_rungs(epochs: int, eta: float = DEFAULT_ETA, grace: int = DEFAULT_GRACE) -> tuple[int, ...]:
+    """The epochs (1-based) inside a task of ``epochs`` epochs after which a trial reports: ``grace *
+    eta**k`` below ``epochs`` (the last epoch is the task's end, a rung of its own)."""
+    out: list[int] = []
+    k = 0
+    while True:
+        epoch = int(round(grace * eta**k))
+        if epoch >= epochs:
+            return tuple(out)
+        if not out or epoch > out[-1]:
+            out.append(epoch)
+        k += 1
+
+
+@dataclass(frozen=True)
+class RungPlan:
+    """Where the trials of a study report, and from which rung on a report can stop one."""
+
+    num_tasks: int
+    epochs: int
+    eta: float = DEFAULT_ETA
+    grace: int = DEFAULT_GRACE
+
+    @property
+    def epochs_inside(self) -> tuple[int, ...]:
+        return epoch_rungs(self.epochs, self.eta, self.grace)
+
+    def reports_after(self, task_index: int, epoch_index: int) -> bool:
+        """Whether a trial reports after epoch ``epoch_index`` of task ``task_index`` (both 0-based)."""
+        return task_index >= 1 and epoch_index + 1 in self.epochs_inside
+
+    def trained(self, task: int, epoch: int | None) -> int:
+        """Epochs trained past task 1 at a rung (a task's end counts its ``epochs``)."""
+        return (task - 2) * self.epochs + (self.epochs if epoch is None else epoch)
+
+    def decides(self, task: int, epoch: int | None) -> bool:
+        """A rung can stop a trial once ``grace`` epochs past task 1 are trained; the last task's end
+        is the trial's final result, never a rung."""
+        return task >= 2 and not (task == self.num_tasks and epoch is None) and self.trained(task, epoch) >= self.grace
+
+    def rungs(self) -> list[tuple[int, int | None]]:
+        """Every rung in order."""
+        out: list[tuple[int, int | None]] = []
+        for task in range(2, self.num_tasks + 1):
+            out += [(task, e) for e in self.epochs_inside]
+            if task < self.num_tasks:
+                out.append((task, None))
+        return out
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """``a`` is at least as good as ``b`` in every objective and better in one (all maximised)."""
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+def nondominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
+    """Indices of ``points`` by non-dominated front: front 0 is dominated by none, front 1 only by front 0, ..."""
+    remaining = list(range(len(points)))
+    fronts: list[list[int]] = []
+    while remaining:
+        front = [i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)]
+        fronts.append(front)
+        remaining = [i for i in remaining if i not in front]
+    return fronts
+
+
+def crowding_distances(points: Sequence[Sequence[float]], front: Sequence[int]) -> dict[int, float]:
+    """NSGA-II's crowding distance of each point of one front: the extremes of every objective infinite."""
+    distance = {i: 0.0 for i in front}
+    if len(front) <= 2:
+        return {i: math.inf for i in front}
+    for m in range(len(points[front[0]])):
+        ordered = sorted(front, key=lambda i: points[i][m])
+        low, high = points[ordered[0]][m], points[ordered[-1]][m]
+        distance[ordered[0]] = distance[ordered[-1]] = math.inf
+        if high == low:
+            continue
+        for before, i, after in zip(ordered, ordered[1:], ordered[2:]):
+            distance[i] += (points[after][m] - points[before][m]) / (high - low)
+    return distance
+
+
+def rank_order(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of ``points`` best first: by front, then by crowding distance (larger first), then first come."""
+    order: list[int] = []
+    for front in nondominated_fronts(points):
+        crowding = crowding_distances(points, front)
+        order += sorted(front, key=lambda i: (-crowding[i], i))
+    return order
+
+
+@dataclass
+class Decision:
+    keep: bool
+    rank: int  # 1-based place at the rung among the trials that reached it so far, this one included
+    of: int
+    on_front: bool
+
+    def reason(self, eta: float, task: int, epoch: int | None) -> str:
+        return f"dominated at {rung_label(task, epoch)}: rank {self.rank} of {self.of}, top 1/{eta:g} go on"
+
+
+@dataclass
+class SuccessiveHalving:
+    """Asynchronous multi-objective successive halving (see the module docstring). Ray-free: it reads values only.
+
+    ``record`` adds what a trial reported at a rung without a decision (a resumed study's trials);
+    ``decide`` records it and says whether the trial goes on.
+    """
+
+    eta: float = DEFAULT_ETA
+    recorded: dict[RungKey, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    stopped: dict[str, tuple[int, int | None, Decision]] = field(default_factory=dict)
+
+    def record(self, trial_id: str, task: int, epoch: int | None, values: Sequence[float]) -> None:
+        self.recorded.setdefault(rung_key(task, epoch), {}).setdefault(trial_id, (float(values[0]), float(values[1])))
+
+    def decide(self, trial_id: str, task: int, epoch: int | None, values: Sequence[float],
+               decides: bool = True) -> Decision:
+        """Record a trial's values at a rung and say whether it goes on; ``decides=False`` (a rung inside
+        the grace period, from the trial's own :class:`RungPlan`) records them and lets it go on."""
+        at = self.recorded.setdefault(rung_key(task, epoch), {})
+        if trial_id in at:  # a repeated report (a retried trial): the first one was judged
+            return Decision(True, 0, len(at), False)
+        peers = list(at.values())
+        at[trial_id] = (float(values[0]), float(values[1]))
+        points = [*peers, at[trial_id]]
+        me = len(points) - 1
+        order = rank_order(points)
+        rank = order.index(me)
+        on_front = me in nondominated_fronts(points)[0]
+        keep = not decides or on_front or rank < len(points) / self.eta
+        decision = Decision(keep, rank + 1, len(points), on_front)
+        if not keep:
+            self.stopped[trial_id] = (task, epoch, decision)
+        return decision
+
+    def replay(self, curves: Iterable[tuple[str, Sequence[tuple[int, int | None, float, float, bool]]]]
+               ) -> dict[str, tuple[int, int | None] | None]:
+        """Run the scheduler over trials' rung records (task, epoch, stability, plasticity, decides), one
+        trial after another in the order given (each trial's rungs before the next one's: the order of
+        trials run one at a time). Returns trial id -> the rung it would have been stopped at, or None."""
+        out: dict[str, tuple[int, int | None] | None] = {}
+        for trial_id, rungs in curves:
+            out[trial_id] = None
+            for task, epoch, stability, plasticity, decides in sorted(rungs, key=lambda r: rung_key(r[0], r[1])):
+                if not self.decide(trial_id, task, epoch, (stability, plasticity), decides).keep:
+                    out[trial_id] = (task, epoch)
+                    break
+        return out
+
+
+def tune_scheduler(halving: SuccessiveHalving) -> Any:
+    """A Ray Tune scheduler that stops a search trial when :class:`SuccessiveHalving` says so.
+
+    Tune then hands the trial's last (rung) result to the searcher, which tells Optuna PRUNED
+    (:mod:`sweep.tune.searcher`), and to the sink, which records it as ``pruned``.
+    """
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class MultiObjectiveHalving(FIFOScheduler):
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            if result.get("final") or result.get("rung_task") is None:
+                return TrialScheduler.CONTINUE
+            decision = halving.decide(trial.trial_id, int(result["rung_task"]), _epoch(result),
+                                      (result["stability"], result["plasticity"]), bool(result.get("rung_decides")))
+            return TrialScheduler.CONTINUE if decision.keep else TrialScheduler.STOP
+
+        def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+            pass  # a trial's end is not a rung: its final values are judged by the front, not here
+
+        def debug_string(self) -> str:
+            return f"multi-objective successive halving (eta={halving.eta:g}, {len(halving.stopped)} stopped)"
+
+    return MultiObjectiveHalving()
+
+
+def _epoch(result: dict) -> int | None:
+    """A report's ``rung_epoch``: 0 (or absent) is the task's end, None here."""
+    epoch = result.get("rung_epoch")
+    return None if not epoch or (isinstance(epoch, float) and math.isnan(epoch)) else int(epoch)
