@@ -291,6 +291,14 @@ class Chosen:
         return L2SPPenalty(model, self.config.l2sp_lambda)
 
     def distillation(self, teacher: nn.Module, *, classes: Sequence[int] | None = None) -> DistillationLoss:
+        """LwF's output distillation with the chosen T and α. A setting that also distils intermediate features
+        (``feature_distill_weight`` > 0) is refused: this loss has no feature term, and dropping it silently
+        would train something other than what the sweep measured."""
+        if self.config.feature_distill_weight > 0:
+            raise ConfigError(f"the chosen setting distils features too (feature_distill_weight="
+                              f"{self.config.feature_distill_weight:g}, layers {self.config.feature_distill_layers}); "
+                              "the production API has output distillation only: train with `sweep train --config` "
+                              "or choose a setting with feature_distill_weight 0")
         return DistillationLoss(teacher, self.config.distill_temperature, self.config.distill_alpha, classes=classes)
 
     @property

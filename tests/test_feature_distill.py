@@ -207,3 +207,14 @@ def test_a_malformed_layer_list_is_refused_by_the_table(value: object, needle: s
     with pytest.raises(ConfigError) as err:
         TrainConfig(feature_distill_layers=value)
     assert needle in str(err.value) and "feature_distill_layers" in str(err.value)
+
+
+def test_the_production_api_refuses_a_feature_distilling_choice_rather_than_drop_its_term():
+    from sweep import api
+
+    teacher = torch.nn.Linear(4, 2)
+    plain = api.Chosen(TrainConfig(strategy="distill", distill_alpha=0.5))
+    assert plain.distillation(teacher).alpha == 0.5
+    featured = api.Chosen(TrainConfig(strategy="distill", feature_distill_weight=1.0))
+    with pytest.raises(ConfigError, match="feature_distill_weight=1"):
+        featured.distillation(teacher)

@@ -238,22 +238,8 @@ def _check_pruned_study(study_dir: Path, trials: int) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_pruned_sweep_records_pruned_trials_apart_and_tells_optuna(tmp_path: Path):
-    out = run_cli("run", *PRUNE_ARGS, "--trials", "8", "--results", str(tmp_path), "--study", "pruned",
-                  "--no-references", timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "pruned" in out.stdout and "pruning stopped" in out.stdout
-    _check_pruned_study(tmp_path / "pruned", trials=8)
-    chosen = run_cli("choose", str(tmp_path / "pruned"))
-    assert chosen.returncode == 0, chosen.stderr
-    report = run_cli("report", str(tmp_path / "pruned"))
-    assert report.returncode == 0 and "Pruned trials" in (tmp_path / "pruned" / "report.html").read_text()
-
-
-@pytest.mark.ray
-@pytest.mark.slow
 @pytest.mark.faults
-def test_resume_of_a_pruned_sweep_after_sigkill_records_every_trial_once(tmp_path: Path):
+def test_a_pruned_sweep_killed_and_resumed_records_every_trial_once_and_pruned_ones_apart(tmp_path: Path):
     study = tmp_path / "killed"
     args = ("run", *PRUNE_ARGS, "--trials", "10", "--results", str(tmp_path), "--study", "killed", "--no-references",
             "--quiet")
@@ -276,6 +262,12 @@ def test_resume_of_a_pruned_sweep_after_sigkill_records_every_trial_once(tmp_pat
     resumed = run_cli(*args, "--resume", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _check_pruned_study(study, trials=10)
+    # the end summary says what pruning saved; choose and the report read the pruned study (one sweep serves all)
+    assert "pruned" in resumed.stdout and "pruning stopped" in resumed.stdout, resumed.stdout[-2000:]
+    chosen = run_cli("choose", str(study))
+    assert chosen.returncode == 0, chosen.stderr
+    report = run_cli("report", str(study))
+    assert report.returncode == 0 and "Pruned trials" in (study / "report.html").read_text()
     after = pq.read_table(study / "trials.parquet").to_pandas()
     assert set(before.trial_id) <= set(after.trial_id)
     kept = after.set_index("trial_id").loc[before.trial_id]

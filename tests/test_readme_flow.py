@@ -19,7 +19,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 # smoke sizes, appended to the README's own commands
 QUICKSTART_SMOKE = ["-o", "install", "QUICKSTART_TRIALS=3", "QUICKSTART_SEEDS=2"]  # -o install: installed already
-SWEEP_SMOKE = ["TRIALS=2", "SEEDS=1", "EPOCHS=1"]
+# two trials: with the fine-tuning learning rate searched from 1e-5, the default sampler seed's two random start-up
+# points both learn too little for the README's constraint; seed 3's second point meets it (checked: 84.5% against
+# naive's 78.1%), so the smoke run goes on to choose and train as the README does
+SWEEP_SMOKE = ["TRIALS=2", "SEEDS=1", "EPOCHS=1", "SWEEP_ARGS=--sampler-seed 3"]
 _CACHES = shutil.ignore_patterns(".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis",
                                  "__pycache__", "*.egg-info")
 # what a working tree holds besides the code, by where it is: never sweep/results or sweep/data, the packages
