@@ -6,7 +6,8 @@ with the training compute each front cost, into ``docs/finetune-comparison.md`` 
 ``docs/finetune_fronts.png`` (``bench/out/finetune_fronts.json`` holds the numbers).
 
 The fine-tune is the pruning row's (``bench/pruning.py``): the CNN trained one epoch on MNIST (once,
-cached), then fine-tuned 5 epochs on 1,000 Fashion-MNIST training images (500 validation, 1,000 test), domain-incremental
+cached), then fine-tuned 5 epochs on 1,000 Fashion-MNIST training images (500 validation, 1,000 test),
+domain-incremental
 (``bench.workloads:mnist_fashion_subset``). Each strategy: 12 trials, 2 seeds a trial, TPE (sampler seed
 0), 2 trials at a time, every space searching the fine-tuning learning rate:
 
@@ -173,7 +174,8 @@ def _write_doc(out: dict[str, Any]) -> None:
 
 Made by `python -m bench.finetune_fronts` (an experiment; about an hour on 2 cores). The pretrained CNN (one
 epoch on MNIST: source test accuracy {100 * out['source'].get('source_test_accuracy', float('nan')):.1f}%) is
-fine-tuned 5 epochs on 1,000 Fashion-MNIST training images (500 validation, 1,000 test) (domain-incremental, one 10-way head), 12 trials per
+fine-tuned 5 epochs on 1,000 Fashion-MNIST training images (500 validation, 1,000 test) (domain-incremental,
+one 10-way head), 12 trials per
 strategy, 2 seeds a trial, TPE; every space searches the fine-tuning learning rate (the module docstring has
 each space). Hypervolume: the area the front dominates above the naive reference's stability
 (val {100 * naive.get('val_stability_mean', float('nan')):.1f}%, test

@@ -1,6 +1,7 @@
 """Pruning: the same 24-trial sweep with and without ``--prune``, on two workloads (issue 15, item 5).
 
-Workloads (``WORKLOADS``; ``--quick`` swaps in tiny data and 4 trials):
+Workloads (:func:`workloads`; ``--quick`` swaps in split-digits and a tiny mnist-fashion, 4 trials, and runs
+the real pruned sweep on the first workload only; about a minute):
 
 - ``split_mnist``: 5-task Split-MNIST, task-incremental, the MLP, 1 epoch a task, EWC with λ and the
   fine-tuning learning rate searched (``bench/pruning_split_mnist.yaml``, exact Fisher). Rungs: the
@@ -34,6 +35,12 @@ within 45% of the unpruned sweep's compute; its test hypervolume is within 2% of
 ``sweep choose`` with the README's constraint (``--maximize stability --constraint "plasticity >=
 naive - 0.05"``) picks, on the pruned study, a setting whose test stability and plasticity are within
 one std (over the seeds, of the unpruned study's choice) of the unpruned study's choice.
+
+Reported beside them (``bench/out/pruning-<workload>.json`` holds everything): the pruned sweep's whole
+compute, the trials of the unpruned front it stopped (late bloomers) and the hypervolume they hold,
+how well each rung's values predict the final ones (Spearman), a replay with ``--prune-grace 2``, and
+each sampler's hypervolume after 25, 50 and 100% of the compute. Measured figures: docs/pruning.md.
+The full row takes about an hour on 2 busy cores (66.6 min measured at load average 5-13).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,19 +88,21 @@ class Workload:
     num_tasks: int | None
     model: str
     space: Path
+    tasks: int  # the sequence's length and each task's epochs: where the rungs are (sweep.tune.pruning.RungPlan)
+    epochs: int
     pretrain: dict[str, Any] | None = None  # TrainConfig of the source model, pretrained once and cached
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def workloads(settings: Settings) -> list[Workload]:
     quick = settings.quick
     return [
         Workload("split_mnist", "5-task Split-MNIST, task-incremental, MLP, 1 epoch a task, EWC (λ, finetune_lr)",
-                 "split-digits" if quick else "split-mnist", "task", 5, "mlp", HERE / "pruning_split_mnist.yaml"),
+                 "split-digits" if quick else "split-mnist", "task", 5, "mlp", HERE / "pruning_split_mnist.yaml",
+                 tasks=5, epochs=1),
         Workload("mnist_fashion", "pretrained CNN fine-tuned 5 epochs, mnist-fashion subset, domain-incremental, "
                  "EWC (λ, finetune_lr)",
                  "bench.workloads:" + ("mnist_fashion_tiny" if quick else "mnist_fashion_subset"), "domain", None,
-                 "cnn", HERE / "pruning_mnist_fashion.yaml",
+                 "cnn", HERE / "pruning_mnist_fashion.yaml", tasks=2, epochs=5,
                  pretrain={"epochs": 1, "batch_size": 64, "lr": 1e-3, "seed": 0}),
     ]
 
@@ -245,9 +254,11 @@ def hv(trials: Any, split: str, naive: dict[str, Any]) -> float:
     return hypervolume(points, (naive[f"{split}_stability_mean"], 0.0)) if points else 0.0
 
 
-def replayed(record: StudyRecord) -> tuple[Any, dict[str, str]]:
+def replayed(record: StudyRecord, plan: Any = None) -> tuple[Any, dict[str, str]]:
     """The unpruned study's trials as the scheduler would have left them: each trial it stops becomes
-    ``pruned``, its compute what it had spent at that rung. Returns (table, trial id -> where stopped)."""
+    ``pruned``, its compute what it had spent at that rung. Returns (table, trial id -> where stopped).
+    ``plan``: a :class:`RungPlan` whose grace period decides which rungs can stop a trial (a what-if);
+    None: the rungs' recorded ``decides`` (the sweep's own grace period)."""
     from sweep.tune.pruning import SuccessiveHalving, rung_label
 
     curves = []
@@ -256,7 +267,10 @@ def replayed(record: StudyRecord) -> tuple[Any, dict[str, str]]:
         rows = by_trial.get(trial_id)
         recs = [] if rows is None else [
             (int(r["task"]), None if _isnull(r["epoch"]) else int(r["epoch"]), _float(r["val_stability_mean"]),
-             _float(r["val_plasticity_mean"]), bool(r["decides"])) for _, r in rows.iterrows()]
+             _float(r["val_plasticity_mean"]),
+             bool(r["decides"]) if plan is None else plan.decides(int(r["task"]),
+                                                                  None if _isnull(r["epoch"]) else int(r["epoch"])))
+            for _, r in rows.iterrows()]
         curves.append((trial_id, recs))
     stops = SuccessiveHalving(ETA).replay(curves)
     table = record.trials.copy()
@@ -354,7 +368,9 @@ def compare(unpruned: Any, pruned: Any, naive: dict[str, Any]) -> dict[str, Any]
         "val_hv_kept": (cut[-1]["val_hv"] / final) if cut and final else None,
         "compute_to_95": reached, "compute_to_95_fraction": fraction,
         "test_hv": test, "test_hv_ratio": test["pruned"] / test["unpruned"] if test["unpruned"] else None,
-        "choice": chosen, "choice_stds_apart": apart,
+        "choice": chosen, "choice_stds_apart": apart, "choice_gap_points": {
+            m: 100 * abs(chosen["pruned"][f"test_{m}_mean"] - chosen["unpruned"][f"test_{m}_mean"])
+            if chosen["pruned"] and chosen["unpruned"] else None for m in ("stability", "plasticity")},
         "curves": {"unpruned": full, "pruned": cut},
     }
 
@@ -376,15 +392,46 @@ def late_bloomers(unpruned: Any, pruned: Any, naive: dict[str, Any]) -> dict[str
         "val_hv_lost_with_them": (1 - hv(rest, "val", naive) / full) if full else 0.0}
 
 
+def rung_signal(record: StudyRecord) -> list[dict[str, Any]]:
+    """How much a rung says about the end, per rung of an unpruned study: for each objective, the Spearman
+    correlation over trials between the rung's validation value and the final one, the rung's spread over
+    trials (std) and its noise (the median std over seeds). Where the correlation is low, halving at that
+    rung stops trials at random, late bloomers among them."""
+    finals = record.trials[["trial_id", "val_stability_mean", "val_plasticity_mean"]]
+    out = []
+    rungs = record.rungs.assign(at_epoch=record.rungs["epoch"].fillna(0).astype(int))
+    for (task, epoch), group in rungs.groupby(["task", "at_epoch"]):
+        joined = group.merge(finals, on="trial_id", suffixes=("", "_final"))
+        entry: dict[str, Any] = {"task": int(task), "epoch": int(epoch) or None, "trials": len(joined)}
+        for m in ("stability", "plasticity"):
+            entry[m] = {"spearman_with_final": _float(joined[f"val_{m}_mean"].corr(joined[f"val_{m}_mean_final"],
+                                                                                 method="spearman")),
+                        "spread_over_trials": _float(joined[f"val_{m}_mean"].std()),
+                        "median_std_over_seeds": _float(joined[f"val_{m}_std"].median())}
+        out.append(entry)
+    return out
+
+
+WHAT_IF_KEYS = ("pruned_trials", "pruned_compute_fraction", "val_hv_kept", "compute_to_95_fraction", "test_hv_ratio",
+                "choice", "choice_stds_apart", "choice_gap_points", "front_trials_stopped", "val_hv_lost_with_them")
+
+
 def analyze(w: Workload, studies: Sequence[StudyRecord], naive: dict[str, Any]) -> dict[str, Any]:
     """Every sweep of a workload: the replays, the real pruned sweep against its replay, the samplers."""
+    from sweep.tune.pruning import RungPlan
+
     unpruned = [s for s in studies if not s.pruned]
     by_key = {(s.sampler, s.seed): s for s in unpruned}
     replays: dict[str, Any] = {}
     for s in unpruned:
         table, where = replayed(s)
         result = compare(s.trials, table, naive)
-        result.update(stopped_at=where, wall_s=s.wall_s, sampler=s.sampler, sampler_seed=s.seed)
+        result.update(stopped_at=where, wall_s=s.wall_s, sampler=s.sampler, sampler_seed=s.seed,
+                      rung_signal=rung_signal(s))
+        # what if the first decision came one epoch later (--prune-grace 2): a replay too, reported only
+        later, later_where = replayed(s, RungPlan(w.tasks, w.epochs, ETA, GRACE + 1))
+        what_if = compare(s.trials, later, naive)
+        result[f"grace_{GRACE + 1}"] = {key: what_if[key] for key in WHAT_IF_KEYS} | {"stopped_at": later_where}
         replays[f"{s.sampler}-s{s.seed}"] = result
     real: dict[str, Any] = {}
     for s in (s for s in studies if s.pruned):
@@ -444,7 +491,8 @@ def rows_for(w: Workload, result: dict[str, Any], trials: int) -> list[Row]:
                     "val_hv_kept": v["val_hv_kept"], "unpruned_compute": v["unpruned_compute"],
                     "compute_to_95": v["compute_to_95"], "front_size": v["front_size"],
                     "front_trials_stopped": v["front_trials_stopped"],
-                    "val_hv_lost_with_them": v["val_hv_lost_with_them"], "wall_s": v["wall_s"]}
+                    "val_hv_lost_with_them": v["val_hv_lost_with_them"], "rung_signal": v["rung_signal"],
+                    f"grace_{GRACE + 1}": v[f"grace_{GRACE + 1}"], "wall_s": v["wall_s"]}
                 for k, v in tpe.items()}
     rows.append(Row(
         f"pruning_{w.name}_compute",
@@ -483,8 +531,8 @@ def rows_for(w: Workload, result: dict[str, Any], trials: int) -> list[Row]:
         worst if math.isfinite(worst) else None, "stds apart", "<=", TARGET_STDS, f"<= {TARGET_STDS:g} std",
         passed=False if not math.isfinite(worst) else None,
         details={**common, "constraint": CONSTRAINT, "worst_seed": key,
-                 "per_seed": {k: {"choice": v["choice"], "stds_apart": v["choice_stds_apart"]}
-                              for k, v in tpe.items()}}))
+                 "per_seed": {k: {"choice": v["choice"], "stds_apart": v["choice_stds_apart"],
+                                  "gap_points": v["choice_gap_points"]} for k, v in tpe.items()}}))
 
     # 4. the real pruned sweep against the replay of its unpruned twin
     for key, real in result["real_pruned"].items():
