@@ -147,7 +147,9 @@ def _ratio(row: Row) -> str:
 
 
 def _rounds_across(value: float, shown: float, target: float) -> bool:
-    return (value >= target) != (shown >= target) or (value < target) != (shown < target)
+    """Whether ``shown`` sits on another side of ``target`` than ``value`` (equal counts as a side: 1.1503
+    must not print as 1.15 beside a target of <= 1.15 and a FAIL)."""
+    return (value > target) - (value < target) != (shown > target) - (shown < target)
 
 
 def format_table(rows: list[Row]) -> str:

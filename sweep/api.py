@@ -303,8 +303,11 @@ class Chosen:
 
     @property
     def interp_alpha(self) -> float:
-        """The α to interpolate the fine-tune with (the last task's, for a two-task fine-tune)."""
+        """The α to interpolate the fine-tune with (the last task's, for a two-task fine-tune); 1.0 (the
+        fine-tune's weights, unchanged) when the chosen strategy does not interpolate."""
         c = self.config
+        if "interp" not in self.components:
+            return 1.0
         return c.interp_last_alpha if c.interp_last_alpha is not None else c.interp_alpha
 
     def interpolate(self, model: nn.Module, before_state: dict[str, Tensor]) -> nn.Module:

@@ -298,7 +298,7 @@ def test_raising_and_diverging_trials_are_recorded_and_left_off_the_front(ray_se
     check_study(study_dir, search=4)
     df = pq.read_table(study_dir / "trials.parquet").to_pandas()
     search = df[df.role == "search"].set_index("hp_lr")
-    assert summary.counts == {"finished": 2, "error": 1, "diverged": 1}
+    assert summary.counts == {"finished": 2, "error": 1, "diverged": 1, "pruned": 0}
     assert search.loc[0.02, "status"] == "error" and "injected fault" in search.loc[0.02, "reason"]
     assert search.loc[1.0e9, "status"] == "diverged" and "loss became" in search.loc[1.0e9, "reason"]
     assert (search.loc[[0.05, 0.01], "status"] == "finished").all()  # the sweep went on after both

@@ -37,6 +37,8 @@ def pruning_savings(trials: pd.DataFrame) -> PruningSavings | None:
     if "compute_samples" not in trials.columns:
         return None
     search = trials[trials["role"] == "search"]
+    if "derived_from" in search.columns:  # free variants of a trial (an α grid) are not trials, and cost nothing
+        search = search[search["derived_from"].isna()]
     pruned = search[search["status"] == "pruned"]
     finished = search[search["status"] == "finished"]["compute_samples"].dropna()
     if pruned.empty or finished.empty or search["compute_samples"].isna().all():

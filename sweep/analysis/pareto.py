@@ -102,7 +102,8 @@ def comparison_table(
                 "strategy": study.setting("strategy"),
                 "benchmark": study.setting("benchmark"),
                 "scenario": study.setting("scenario"),
-                "finished": len(study.finished("search")),
+                "finished": int(study.finished("search").get("derived_from", pd.Series(dtype=object)).isna().sum())
+                if "derived_from" in study.trials.columns else len(study.finished("search")),  # trials, not α points
                 "front_size": int(combined.loc[combined["study"] == study.name, "on_front"].sum()),
                 "on_combined_front": int(
                     combined.loc[combined["study"] == study.name, "on_combined_front"].sum()

@@ -46,7 +46,7 @@ PRUNED_COLUMNS = (
 COMPUTE_COLUMNS = ("optimizer_steps", "train_samples", "fisher_samples", "eval_passes", "eval_samples",
                    "compute_samples", "task1_samples")
 # a free variant of a trained trial's final model (interpolation's α grid: sweep.strategies.interp) is a row of
-# its own, id "<trial>-alpha<α>", its values in its hp_ columns, no compute of its own; null for a trained trial
+# its own, id "<trial>-a<α>", its values in its hp_ columns, no compute of its own; null for a trained trial
 DERIVED_COLUMN = "derived_from"
 # columns added after schema_version 2's first files: absent from an older file, they read as null
 OPTIONAL_COLUMNS = (*HP_COLUMNS, *PRUNED_COLUMNS, *COMPUTE_COLUMNS, DERIVED_COLUMN)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,6 +297,7 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
         searcher = optuna_searcher(o, space, study_dir)
         scheduler: dict[str, Any] = {}
         if o.prune:  # only the search's trials: the references always finish
+            _warn_without_rungs(o, base, num_tasks)
             sink.halving = resumed_halving(store, o.prune_eta)
             scheduler = {"scheduler": tune_scheduler(sink.halving)}
         fit("search", setup, tune_config=tune.TuneConfig(
@@ -314,3 +316,17 @@ def resumed_halving(store: StudyStore, eta: float) -> SuccessiveHalving:
             halving.record(row["trial_id"], row["task"], row["epoch"],
                            (row["val_stability_mean"], row["val_plasticity_mean"]))
     return halving
+
+
+def _warn_without_rungs(o: SweepOptions, base: dict[str, Any], num_tasks: int) -> None:
+    """Say so when ``--prune`` can stop nothing: no rung past the grace period (two tasks of one epoch, say)."""
+    from sweep.tune.pruning import RungPlan
+
+    epochs = base.get("epochs", DEFAULTS["epochs"])
+    if not isinstance(epochs, int) or o.quiet:
+        return  # epochs searched: each trial has its own rungs
+    plan = RungPlan(num_tasks, epochs, o.prune_eta, o.prune_grace)
+    if not any(plan.decides(task, epoch) for task, epoch in plan.rungs()):
+        print(f"sweep run: --prune has no rung to stop a trial at here ({num_tasks} tasks of {epochs} epoch(s), "
+              f"grace {o.prune_grace}): rungs are the ends of tasks 2..{num_tasks - 1} and epochs "
+              f"grace*eta^k inside a task; every trial runs to the end", file=sys.stderr, flush=True)

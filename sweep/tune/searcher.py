@@ -139,7 +139,7 @@ def build_sampler(o: SweepOptions) -> Any:
 
     - ``tpe``: ``n_startup_trials`` random trials, a quarter of ``--trials`` within 2..10. Optuna's
       default of 10 is meant for budgets of a hundred trials and more: in the quick start's 12 it would
-      leave two trials to TPE. Optuna counts only *finished* trials towards the start-up, so with c
+      leave one or two trials to TPE. Optuna counts only *finished* trials towards the start-up, so with c
       trials at once the first ``n_startup_trials + c - 1`` points are random: 3 + 1 = 4 of the quick
       start's 12 at 2 at once (a third), 10 + 1 of a 40-trial sweep. At least 2: TPE splits the
       finished trials into a better and a worse group and needs one in each. ``constant_liar``: the

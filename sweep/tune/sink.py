@@ -125,7 +125,9 @@ class ResultSink:
         task, epoch = int(result["rung_task"]), _epoch(result)
         stopped = self.halving.stopped.get(trial_id) if self.halving is not None else None
         here = stopped is not None and stopped[:2] == (task, epoch)
-        self.rungs.setdefault(trial_id, []).append({
+        kept = self.rungs.setdefault(trial_id, [])
+        kept[:] = [r for r in kept if (r["task"], r["epoch"]) != (task, epoch)]  # a retried trial reports it again
+        kept.append({
             "study": self.study, "trial_id": trial_id, "task": task, "epoch": epoch,
             **{f"val_{m}_{st}": result.get(f"val_{m}_{st}")
                for m in ("stability", "plasticity") for st in ("mean", "std")},

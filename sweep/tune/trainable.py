@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from sweep.strategies.registry import parse_strategy
 from sweep.tune.pruning import RungPlan
 from sweep.tune.staging import trial_folder, trial_prefix_dir
 from sweep.tune.trial import benchmark_from_arrays, run_trial, trial_config
@@ -45,7 +46,9 @@ def tune_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None
     def report(metrics: dict[str, Any]) -> None:
         tune.report({**metrics, **wrote, "node": node})  # a pruned trial's last report is its record
 
-    # where it reports inside tasks: from its own epochs (a space may search them)
-    rungs = RungPlan(benchmark.num_tasks, config.epochs, **setup["rungs"]) if setup.get("rungs") else None
+    # where it reports inside tasks: from its own epochs (a space may search them), counted over a task's phases
+    # as the trainer counts them (LP-FT's probing epochs come first)
+    epochs = config.epochs + (config.lp_epochs if "lpft" in parse_strategy(config.strategy) else 0)
+    rungs = RungPlan(benchmark.num_tasks, epochs, **setup["rungs"]) if setup.get("rungs") else None
     run_trial(config, benchmark, list(setup["seeds"]), report, device=trial_device(), objective=setup.get("objective"),
               prefix_dir=trial_prefix_dir(setup, node, where), rungs=rungs)

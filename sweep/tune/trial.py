@@ -172,7 +172,7 @@ def run_trial(
             if isinstance(pending[s], TaskReport):
                 tasks[s] = pending[s]  # type: ignore[assignment]
         if len(at) == len(seeds):  # a position every seed reached (early stopping may skip an epoch's)
-            result = _position_result(pending, tasks, target, T, objective, rungs)
+            result = _position_result(pending, tasks, seeds, target, T, objective, rungs)
             if isinstance(pending[0], TaskReport):
                 tasks_done = target[0]
             if result.get("final"):
@@ -240,8 +240,8 @@ def accuracy_rows(seeds: list[int], tasks: list[TaskReport | None]) -> dict[str,
     }
 
 
-def _position_result(pending: list[Report], tasks: list[TaskReport | None], position: tuple[int, int], num_tasks: int,
-                     objective: dict[str, float] | None, rungs: RungPlan | None) -> dict[str, Any]:
+def _position_result(pending: list[Report], tasks: list[TaskReport | None], seeds: list[int], position: tuple[int, int],
+                     num_tasks: int, objective: dict[str, float] | None, rungs: RungPlan | None) -> dict[str, Any]:
     """The report every seed reached at ``position``: after a task, or at an epoch rung inside one."""
     task, epoch = position[0], (None if position[1] == END else position[1])
     if epoch is None:
@@ -253,7 +253,7 @@ def _position_result(pending: list[Report], tasks: list[TaskReport | None], posi
     if not result["final"]:
         result.update(compute_spent(pending))
         if rungs is not None:  # what a trial stopped here keeps: the rows of the tasks it finished
-            result["accuracy"] = accuracy_rows(list(range(len(tasks))), tasks)
+            result["accuracy"] = accuracy_rows(seeds, tasks)
     return result
 
 
