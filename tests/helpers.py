@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -75,3 +76,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float, proc: subprocess.P
             return predicate()
         time.sleep(0.1)
     return False
+
+
+def evaluate_by_hand(model: Any, bench: Any, masks: Any, t: int, val: Any, test: Any) -> None:
+    """A user's evaluation after task ``t``: row ``t`` of the validation and test matrices, every task with its
+    own logit mask, the model in eval mode for it and back in training mode after."""
+    import torch
+
+    from sweep.data.tasks import to_float
+
+    with torch.no_grad():
+        model.eval()
+        for i, other in enumerate(bench.tasks):
+            for split, matrix in ((other.val, val), (other.test, test)):
+                out = model(to_float(split.x)).masked_fill(~masks[i], torch.finfo(torch.float32).min)
+                matrix[t, i] = (out.argmax(1) == split.y).double().mean().item()
+        model.train()

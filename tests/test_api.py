@@ -23,6 +23,7 @@ from sweep.models import build_model, unwrap
 from sweep.strategies.registry import parse_strategy
 from sweep.train.trainer import run_config
 from tests.fake_study import make_study
+from tests.helpers import evaluate_by_hand
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +79,7 @@ def hand_written_loop(config: TrainConfig, bench: Benchmark) -> tuple[np.ndarray
         if "distill" in parts:
             seen = sorted({c for done in bench.tasks[: t + 1] for c in done.classes})
             distill = api.DistillationLoss(model, config.distill_temperature, config.distill_alpha, classes=seen)
-        with torch.no_grad():
-            model.eval()
-            for i, other in enumerate(bench.tasks):
-                for split, matrix in ((other.val, val), (other.test, test)):
-                    out = model(to_float(split.x)).masked_fill(~masks[i], torch.finfo(torch.float32).min)
-                    matrix[t, i] = (out.argmax(1) == split.y).double().mean().item()
-            model.train()
+        evaluate_by_hand(model, bench, masks, t, val, test)
     return val, test
 
 

@@ -33,6 +33,7 @@ from sweep.train.trainer import EpochReport, build_run, iter_sequence, train_seq
 from sweep.tune.prefix_cache import prefix_free_fields, prefix_key
 from sweep.tune.search_space import load_space
 from sweep.tune.trial import run_trial
+from tests.helpers import evaluate_by_hand
 
 BASE = TrainConfig(hidden=(32, 32), epochs=2, batch_size=32)  # split-digits: ~650 images, 21 steps an epoch
 
@@ -340,13 +341,7 @@ def hand_written_lpft(config: TrainConfig, bench: Benchmark) -> tuple[np.ndarray
                     step += 1
                     if scheduler is not None:
                         scheduler.step()
-        with torch.no_grad():
-            model.eval()
-            for i, other in enumerate(bench.tasks):
-                for split, matrix in ((other.val, val), (other.test, test)):
-                    out = model(to_float(split.x)).masked_fill(~masks[i], torch.finfo(torch.float32).min)
-                    matrix[t, i] = (out.argmax(1) == split.y).double().mean().item()
-            model.train()
+        evaluate_by_hand(model, bench, masks, t, val, test)
     return val, test
 
 
