@@ -10,8 +10,10 @@ import itertools
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import optuna
 import pytest
 
 from sweep.errors import ConfigError
@@ -183,3 +185,36 @@ def test_resume_with_another_sampler_is_refused(tmp_path: Path) -> None:
     (tmp_path / "study.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="sampler differs from the study's: 'random' here, 'tpe' in the study"):
         check_resume(tmp_path, {**meta, "sampler": "random"})
+
+
+def _running(study: Any, tune_trial_id: str) -> int:
+    trial = study.ask()
+    trial.set_user_attr("tune_trial_id", tune_trial_id)
+    return trial.number
+
+
+def _row(trial_id: str, stability: float, plasticity: float, derived_from: str | None = None) -> dict[str, Any]:
+    return {"trial_id": trial_id, "status": "finished", "val_stability_mean": stability,
+            "val_plasticity_mean": plasticity, "derived_from": derived_from}
+
+
+def test_resume_tells_a_trial_left_running_what_the_sweep_would_have_told_it():
+    """A killed driver's running trials are closed from the Parquet rows: a trial with a free α grid gets its
+    best-compromise point (max stability + plasticity over its own row and its derived rows), and in the
+    constrained mode its objective (an infeasible point scores below -1), not its raw stability."""
+    from sweep.tune.searcher import reconcile_optuna
+
+    store = SimpleNamespace(trials=[
+        _row("t1", 0.9, 0.5), _row("t1-a0.5", 0.8, 0.8, "t1"), _row("t1-a0", 0.95, 0.1, "t1"),
+        _row("t2", 0.7, 0.6),
+    ])
+    multi = optuna.create_study(directions=["maximize", "maximize"])
+    numbers = {_running(multi, "t1"): (0.8, 0.8), _running(multi, "t2"): (0.7, 0.6)}
+    assert reconcile_optuna(multi, store) == 2
+    assert {t.number: tuple(t.values) for t in multi.trials} == numbers
+    single = optuna.create_study(direction="maximize")
+    first, second = _running(single, "t1"), _running(single, "t2")
+    reconcile_optuna(single, store, {"min_plasticity": 0.7})
+    values = {t.number: t.value for t in single.trials}
+    assert values[first] == pytest.approx(0.8)  # α = 0.5 is the feasible point with the best stability
+    assert values[second] == pytest.approx(-1.0 - 0.1)  # plasticity 0.1 short of the threshold

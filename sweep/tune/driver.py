@@ -294,7 +294,7 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     # 2. the search: only the trials still missing
     remaining = o.trials - store.count("search")
     if remaining > 0:
-        searcher = optuna_searcher(o, space, study_dir)
+        searcher = optuna_searcher(o, space, study_dir, setup.get("objective"))
         scheduler: dict[str, Any] = {}
         if o.prune:  # only the search's trials: the references always finish
             _warn_without_rungs(o, base, num_tasks)

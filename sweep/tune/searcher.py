@@ -14,23 +14,31 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+from sweep.results.schema import DERIVED_COLUMN
 from sweep.results.store import StudyStore
 from sweep.tune.options import SweepOptions
 from sweep.tune.search_space import SearchSpace
-from sweep.tune.trial import OBJECTIVES
+from sweep.tune.trial import OBJECTIVES, told_point
 
 
-def reconcile_optuna(study: Any, store: StudyStore) -> int:
-    """Close every trial a killed driver left running, from what the Parquet files recorded."""
+def reconcile_optuna(study: Any, store: StudyStore, objective: dict[str, float] | None = None) -> int:
+    """Close every trial a killed driver left running, from what the Parquet files recorded: told what the
+    running sweep would have told it (the best-compromise point of a trial with free variants, the
+    constrained objective when ``objective`` is set)."""
     import optuna
 
     closed = 0
     rows = {row["trial_id"]: row for row in store.trials}
+    derived: dict[str, list[dict[str, Any]]] = {}
+    for point in store.trials:
+        if point.get(DERIVED_COLUMN):
+            derived.setdefault(point[DERIVED_COLUMN], []).append(point)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         row = rows.get(trial.user_attrs.get("tune_trial_id"))
         if row is not None and row["status"] in ("finished", "diverged"):
-            values = [row.get(f"val_{k}_mean") or 0.0 for k in OBJECTIVES]
-            study.tell(trial.number, values if len(study.directions) > 1 else values[0])
+            told = told_point(row, derived.get(row["trial_id"], []), objective)
+            multi = len(study.directions) > 1
+            study.tell(trial.number, [told[k] for k in OBJECTIVES] if multi else told["objective"])
         elif row is not None and row["status"] == "pruned":  # stopped at a rung: never its partial values
             study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
         else:
@@ -165,7 +173,9 @@ def build_sampler(o: SweepOptions) -> Any:
                                       constant_liar=True)
 
 
-def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path) -> Any:
+def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path,
+                    objective: dict[str, float] | None = None) -> Any:
+    """The search, its Optuna study resumed from the journal; ``objective`` is the constrained mode's threshold."""
     import optuna
     from optuna.storages import JournalStorage
     from ray.tune.search.optuna import OptunaSearch
@@ -200,7 +210,7 @@ def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path) -> Any
     name = study_dir.name
     directions: list[Literal["maximize"]] = ["maximize", "maximize"] if multi else ["maximize"]
     existing = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
-    closed = reconcile_optuna(existing, StudyStore(study_dir))
+    closed = reconcile_optuna(existing, StudyStore(study_dir), objective)
     describe_study(existing, StudyStore(study_dir), multi)
     if closed and not o.quiet:
         print(f"resume: closed {closed} Optuna trial(s) left running by an interrupted driver", flush=True)

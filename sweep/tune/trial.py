@@ -225,10 +225,28 @@ def _tell_best(final: dict[str, Any], objective: dict[str, float] | None) -> Non
     derived = final.get("derived") or []
     if not derived:
         return
-    key = (lambda p: p["objective"]) if objective else (lambda p: p["stability"] + p["plasticity"])
-    best = max([final, *derived], key=key)
+    best = best_compromise([final, *derived], objective)
     final.update(stability=best["stability"], plasticity=best["plasticity"], objective=best["objective"],
                  told=dict(best.get("values") or {}))
+
+
+def best_compromise(points: list[dict[str, Any]], objective: dict[str, float] | None) -> dict[str, Any]:
+    """Of a trial's own point and its free variants (each with ``stability``, ``plasticity``, ``objective``), the
+    one the search is told: the largest stability + plasticity, or the best objective in the constrained mode."""
+    key = (lambda p: p["objective"]) if objective else (lambda p: p["stability"] + p["plasticity"])
+    return max(points, key=key)
+
+
+def told_point(row: dict[str, Any], derived: list[dict[str, Any]], objective: dict[str, float] | None
+               ) -> dict[str, Any]:
+    """What the search was told for a recorded trial (its row and the rows derived from it, as in
+    ``trials.parquet``): the values a resumed sweep gives Optuna for a trial a killed driver left running."""
+    points = []
+    for r in (row, *derived):
+        point = {"stability": r.get("val_stability_mean") or 0.0, "plasticity": r.get("val_plasticity_mean") or 0.0}
+        point["objective"] = _objective(point, objective)
+        points.append(point)
+    return best_compromise(points, objective)
 
 
 def accuracy_rows(seeds: list[int], tasks: list[TaskReport | None]) -> dict[str, Any]:
