@@ -67,6 +67,7 @@ SEEDS_PER_TRIAL = 2
 CONCURRENT = 2
 ETA = 3.0
 GRACE = 1
+NOISE = 0.5  # --prune-noise: a trial is on a rung's front unless a peer dominates its mean + 0.5 std over seeds
 SAMPLER_SEEDS = (0, 1, 2)  # the TPE sweeps the targets are checked on
 COMPARE = {"nsga2": (0,), "random": (0,)}  # the other samplers, unpruned (and replayed), for the comparison
 REAL_PRUNED = ("tpe", 0)  # the one real --prune sweep per workload
@@ -146,7 +147,8 @@ def sweep_options(settings: Settings, w: Workload, results: Path, study: str, *,
                   prune: bool, trials: int, checkpoint: str | None) -> Any:
     from sweep.tune.options import SweepOptions
 
-    pruning: dict[str, Any] = {"prune": True, "prune_eta": ETA, "prune_grace": GRACE} if prune else {}
+    pruning: dict[str, Any] = {"prune": True, "prune_eta": ETA, "prune_grace": GRACE, "prune_noise": NOISE} \
+        if prune else {}
     return SweepOptions(
         strategy="ewc", space_file=str(w.space), study=study, results_dir=str(results), trials=trials,
         seeds=SEEDS_PER_TRIAL, benchmark=w.benchmark, scenario=w.scenario, num_tasks=w.num_tasks, model=w.model,
@@ -186,6 +188,7 @@ class StudyRecord:
     wall_s: float
     trials: Any  # DataFrame: search trials, in start order
     rungs: Any  # DataFrame
+    noise: float = 0.0  # a pruned sweep's --prune-noise (study.json; a sweep from before it: 0, the means alone)
 
 
 def _started(trials: Any) -> Any:
@@ -229,7 +232,9 @@ def read_study(results: Path, name: str) -> StudyRecord:
     rungs = pd.read_parquet(results / name / "rungs.parquet")
     wall_file = results / f"{name}.wall.json"
     wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else math.nan
-    return StudyRecord(name, match["sampler"], int(match["seed"]), bool(match["pruned"]), wall, table, rungs)
+    prune = json.loads((results / name / "study.json").read_text()).get("prune") or {}
+    return StudyRecord(name, match["sampler"], int(match["seed"]), bool(match["pruned"]), wall, table, rungs,
+                       float(prune.get("noise", 0.0)))
 
 
 # --- analysis (Ray-free: reads the tables only)
@@ -254,11 +259,11 @@ def hv(trials: Any, split: str, naive: dict[str, Any]) -> float:
     return hypervolume(points, (naive[f"{split}_stability_mean"], 0.0)) if points else 0.0
 
 
-def replayed(record: StudyRecord, plan: Any = None) -> tuple[Any, dict[str, str]]:
+def replayed(record: StudyRecord, plan: Any = None, noise: float = NOISE) -> tuple[Any, dict[str, str]]:
     """The unpruned study's trials as the scheduler would have left them: each trial it stops becomes
     ``pruned``, its compute what it had spent at that rung. Returns (table, trial id -> where stopped).
     ``plan``: a :class:`RungPlan` whose grace period decides which rungs can stop a trial (a what-if);
-    None: the rungs' recorded ``decides`` (the sweep's own grace period)."""
+    None: the rungs' recorded ``decides`` (the sweep's own grace period). ``noise``: ``--prune-noise``."""
     from sweep.tune.pruning import SuccessiveHalving, rung_label
 
     curves = []
@@ -269,10 +274,11 @@ def replayed(record: StudyRecord, plan: Any = None) -> tuple[Any, dict[str, str]
             (int(r["task"]), None if _isnull(r["epoch"]) else int(r["epoch"]), _float(r["val_stability_mean"]),
              _float(r["val_plasticity_mean"]),
              bool(r["decides"]) if plan is None else plan.decides(int(r["task"]),
-                                                                  None if _isnull(r["epoch"]) else int(r["epoch"])))
+                                                                  None if _isnull(r["epoch"]) else int(r["epoch"])),
+             _float(r["val_stability_std"]), _float(r["val_plasticity_std"]))
             for _, r in rows.iterrows()]
         curves.append((trial_id, recs))
-    stops = SuccessiveHalving(ETA).replay(curves)
+    stops = SuccessiveHalving(ETA, noise).replay(curves)
     table = record.trials.copy()
     where: dict[str, str] = {}
     for i, row in table.iterrows():
@@ -432,6 +438,10 @@ def analyze(w: Workload, studies: Sequence[StudyRecord], naive: dict[str, Any]) 
         later, later_where = replayed(s, RungPlan(w.tasks, w.epochs, ETA, GRACE + 1))
         what_if = compare(s.trials, later, naive)
         result[f"grace_{GRACE + 1}"] = {key: what_if[key] for key in WHAT_IF_KEYS} | {"stopped_at": later_where}
+        # what the means alone would have done (--prune-noise 0, the rule before the noise): reported only
+        plain, plain_where = replayed(s, noise=0.0)
+        what_if = compare(s.trials, plain, naive)
+        result["noise_0"] = {key: what_if[key] for key in WHAT_IF_KEYS} | {"stopped_at": plain_where}
         replays[f"{s.sampler}-s{s.seed}"] = result
     real: dict[str, Any] = {}
     for s in (s for s in studies if s.pruned):
@@ -439,16 +449,19 @@ def analyze(w: Workload, studies: Sequence[StudyRecord], naive: dict[str, Any]) 
         if twin is None:
             continue
         result = compare(twin.trials, s.trials, naive)
+        noise = s.noise  # the rule it ran with: a sweep from before --prune-noise judged on the means alone
         # the live scheduler's decisions against a replay of the pruned sweep's own rung records (start order)
-        _, predicted = replayed(StudyRecord(s.name, s.sampler, s.seed, False, s.wall_s, s.trials, s.rungs))
+        _, predicted = replayed(StudyRecord(s.name, s.sampler, s.seed, False, s.wall_s, s.trials, s.rungs), noise=noise)
+        twin_table, _ = replayed(twin, noise=noise)
+        twin_replay = compare(twin.trials, twin_table, naive)
         actual = {str(r["trial_id"]) for _, r in s.trials.iterrows() if r["status"] == "pruned"}
         result.update(
-            wall_s=s.wall_s, sampler=s.sampler, sampler_seed=s.seed,
+            wall_s=s.wall_s, sampler=s.sampler, sampler_seed=s.seed, noise=noise,
             replay_of_its_own_rungs={"stopped_live": len(actual), "stopped_in_replay": len(predicted),
                                      "agree": len(actual & set(predicted)) + sum(
                                          1 for t in s.trials["trial_id"] if t not in actual and t not in predicted),
                                      "of": len(s.trials)},
-            replay_of_the_unpruned_twin={k: replays[f"{s.sampler}-s{s.seed}"][k] for k in (
+            replay_of_the_unpruned_twin={k: twin_replay[k] for k in (
                 "pruned_trials", "pruned_compute_fraction", "val_hv_kept", "compute_to_95_fraction", "test_hv_ratio")},
         )
         real[f"{s.sampler}-s{s.seed}"] = result

@@ -68,7 +68,8 @@ def _pruning_study(trials: list[tuple[str, float, list[tuple[float, float]], flo
                         for i, m in enumerate(("stability", "plasticity")) for st in ("mean", "std")}})
         for task, (s, p) in zip((2, 3, 4), points[:-1]):
             rungs.append({"trial_id": trial_id, "task": task, "epoch": None, "val_stability_mean": s,
-                          "val_plasticity_mean": p, "compute_samples": (task - 1) * step,
+                          "val_plasticity_mean": p, "val_stability_std": 0.01, "val_plasticity_std": 0.01,
+                          "compute_samples": (task - 1) * step,
                           "optimizer_steps": (task - 1) * step / 100, "decides": True, "stopped": False})
     return StudyRecord("fake", "tpe", 0, False, 1.0, pd.DataFrame(rows), pd.DataFrame(rungs))
 

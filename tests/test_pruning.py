@@ -115,6 +115,25 @@ def test_replay_on_recorded_curves_stops_the_trials_a_live_scheduler_would():
     assert SuccessiveHalving(eta=2).replay(curves) == {"a": None, "b": (2, None), "c": None}
 
 
+def test_a_difference_within_the_seeds_noise_stops_nothing_and_a_larger_one_does():
+    """Late bloomers: at an early rung the seeds disagree by more than the settings differ; a trial is stopped
+    only when a peer dominates its mean raised by ``noise`` stds over its seeds."""
+    def judged(noise: float, spread: tuple[float, float]) -> bool:
+        halving = SuccessiveHalving(eta=3, noise=noise)
+        for i, point in enumerate([(0.995, 0.99), (0.99, 0.995), (0.993, 0.993)]):
+            halving.decide(f"t{i}", 2, None, point, spread=(0.004, 0.004))
+        return halving.decide("late", 2, None, (0.985, 0.985), spread=spread).keep  # dominated by all three
+
+    assert not judged(0.0, (0.02, 0.02))  # the means alone: stopped
+    assert judged(0.5, (0.02, 0.02))  # 0.985 + 0.01 = 0.995: no peer dominates it
+    assert not judged(0.5, (0.004, 0.004))  # 0.987: still dominated, its seeds agree
+    assert not judged(0.5, (math.nan, math.nan))  # one seed: no std, the means decide
+    # a replay reads the stds when the curves carry them, and the plain rule without
+    curves = [("a", [(2, None, 0.9, 0.9, True, 0.0, 0.0)]), ("b", [(2, None, 0.85, 0.85, True, 0.2, 0.2)])]
+    assert SuccessiveHalving(eta=2, noise=0.5).replay(curves) == {"a": None, "b": None}
+    assert SuccessiveHalving(eta=2, noise=0.0).replay(curves) == {"a": None, "b": (2, None)}
+
+
 # --- what a trial reports and counts
 def _config(**changes) -> TrainConfig:
     return TrainConfig(benchmark="split-digits", scenario="task", strategy="naive", epochs=3, batch_size=64,
@@ -277,7 +296,9 @@ def test_a_pruned_sweep_killed_and_resumed_records_every_trial_once_and_pruned_o
 def test_prune_options_are_checked_before_anything_starts(tmp_path: Path):
     for extra, needle in ((["--prune", "--prune-eta", "1"], "--prune-eta must be a number in (1, 100]"),
                           (["--prune", "--prune-grace", "0"], "--prune-grace must be in 1..100000"),
-                          (["--prune-eta", "2"], "pass --prune as well")):
+                          (["--prune", "--prune-noise", "-1"], "--prune-noise must be a number of stds"),
+                          (["--prune-eta", "2"], "pass --prune as well"),
+                          (["--prune-noise", "1"], "pass --prune as well")):
         out = run_cli("run", "--trials", "1", "--results", str(tmp_path), *extra)
         assert out.returncode == 2 and needle in out.stderr, (extra, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
