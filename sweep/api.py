@@ -36,20 +36,21 @@ from torch import Tensor, nn
 from sweep.config import TrainConfig, read_yaml
 from sweep.errors import ConfigError
 from sweep.models import freeze_layers, named_layers
-from sweep.strategies.distill import _frozen_copy, distillation_term
+from sweep.strategies.distill import distillation_term, frozen_copy, vandeven_term
 from sweep.strategies.ewc import EWC
 from sweep.strategies.fisher import ESTIMATORS, fisher_diagonal
 from sweep.strategies.interp import interpolate_states
 from sweep.strategies.l2sp import L2SP
+from sweep.strategies.lora import LoRA, adapted_modules, add_loras, layer_modules, lora_of, merge, resolve_layers
 from sweep.strategies.lpft import head_parameters
 from sweep.strategies.registry import parse_strategy
 from sweep.strategies.replay import balanced_quotas
 from sweep.train.optim import make_optimizer, task_schedule
 
 __all__ = [
-    "Chosen", "DistillationLoss", "EWCPenalty", "L2SPPenalty", "compute_fisher", "freeze_layers", "from_chosen",
-    "head_parameters", "interpolate", "layer_names", "make_optimizer", "param_groups", "replay_indices",
-    "torch_threads",
+    "Chosen", "DistillationLoss", "EWCPenalty", "L2SPPenalty", "add_adapters", "compute_fisher", "freeze_layers",
+    "from_chosen", "head_parameters", "interpolate", "layer_names", "make_optimizer", "merge_adapters", "param_groups",
+    "replay_indices", "torch_threads",
 ]
 
 
@@ -189,24 +190,50 @@ class L2SPPenalty:
 class DistillationLoss:
     """Learning without forgetting: α·CE + (1 − α)·T²·KL(softmax(z_teacher/T) ‖ softmax(z_student/T)).
 
-    The teacher is a frozen copy of ``teacher`` taken now (pass your model before fine-tuning);
-    the KL runs over ``classes`` (the classes the teacher knew; None: every output).
+    The teacher is a frozen copy of ``teacher`` taken now (pass your model before fine-tuning). Which
+    classes the KL covers is ``variant`` (``distill_variant``, docs/reproductions.md):
+
+    - ``old-classes``: both softmaxes over ``classes`` (the classes the teacher knew; None: every output);
+    - ``vandeven``: the student's softmax over ``classes`` and ``new_classes`` (the task being learned), the
+      teacher's over ``classes`` padded with 0 for the new ones (class-incremental); with ``per_task`` (each
+      past task's classes, task-incremental) one softmax per past task, averaged; with neither, every output.
     """
 
     def __init__(self, teacher: nn.Module, temperature: float = 2.0, alpha: float = 0.5, *,
-                 classes: Sequence[int] | None = None) -> None:
-        config = TrainConfig(distill_temperature=temperature, distill_alpha=alpha)
-        self.temperature, self.alpha = config.distill_temperature, config.distill_alpha
-        self.teacher = _frozen_copy(teacher)
+                 classes: Sequence[int] | None = None, variant: str = "old-classes",
+                 new_classes: Sequence[int] | None = None, per_task: Sequence[Sequence[int]] | None = None) -> None:
+        config = TrainConfig(distill_temperature=temperature, distill_alpha=alpha, distill_variant=variant)
+        self.temperature, self.alpha, self.variant = config.distill_temperature, config.distill_alpha, variant
+        self.teacher = frozen_copy(teacher)
         self.classes = None if classes is None else list(classes)
+        self.new_classes = [] if new_classes is None else list(new_classes)
+        self.per_task = None if per_task is None else [list(group) for group in per_task]
 
     def penalty(self, x: Tensor, student_logits: Tensor) -> Tensor:
         """The (1 − α)·T²·KL term alone, on the student's raw (B, classes) logits."""
+        device = student_logits.device
         if self.alpha == 1.0:
-            return torch.zeros((), device=student_logits.device)
-        known = torch.arange(student_logits.shape[1], device=student_logits.device) if self.classes is None \
-            else torch.tensor(self.classes, dtype=torch.long, device=student_logits.device)
+            return torch.zeros((), device=device)
+        if self.variant == "vandeven" and (self.per_task is not None or self.classes is not None):
+            with torch.no_grad():
+                taught = self.teacher(x)
+            return (1.0 - self.alpha) * vandeven_term(taught, student_logits, self._columns(device), self.temperature)
+        known = torch.arange(student_logits.shape[1], device=device) if self.classes is None \
+            else torch.tensor(self.classes, dtype=torch.long, device=device)
         return distillation_term(self.teacher, x, student_logits, known, self.temperature, self.alpha)
+
+    def _columns(self, device: torch.device) -> tuple[Tensor, ...]:
+        """:func:`sweep.strategies.distill.vandeven_term`'s column pairs, as the trainer builds them."""
+        def ids(classes: Sequence[int]) -> Tensor:
+            return torch.tensor(sorted(set(classes)), dtype=torch.long, device=device)
+
+        if self.per_task is not None:
+            return tuple(c for group in self.per_task for c in (ids(group), torch.arange(len(set(group)),
+                                                                                         device=device)))
+        assert self.classes is not None
+        seen = sorted(set(self.classes) | set(self.new_classes))
+        return ids(seen), torch.tensor([seen.index(c) for c in sorted(set(self.classes))], dtype=torch.long,
+                                       device=device)
 
     def __call__(self, student_logits: Tensor, x: Tensor, y: Tensor, *, ce_logits: Tensor | None = None) -> Tensor:
         """The whole loss; ``ce_logits``: the logits the cross-entropy sees when they differ (a masked head)."""
@@ -225,6 +252,55 @@ def interpolate(model: nn.Module, before_state: dict[str, Tensor], alpha: float)
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"interpolation alpha must be in [0, 1], got {alpha!r}")
     model.load_state_dict(interpolate_states(before_state, model.state_dict(), float(alpha)))
+    return model
+
+
+def add_adapters(model: nn.Module, rank: int, alpha: float, layers: str = "body", *, seed: int = 0
+                 ) -> list[nn.Parameter]:
+    """Freeze ``model``'s base and give each Linear and Conv2d of ``layers`` a fresh LoRA adapter, as the
+    ``adapter`` strategy does from task 2 on: the layer then computes ``W x + (alpha/rank)·B A x``, B zero
+    (so the model computes exactly what it did), A Kaiming-uniform drawn with ``seed``.
+
+    Args:
+        model: trained in place; its parameters and state_dict keep their names (adapters are not in them).
+        rank: r, at least 1.
+        alpha: α > 0; the low-rank term is scaled by α/r.
+        layers: ``all``, ``body`` (every layer of :func:`layer_names` but the head) or comma-separated
+            indices (negative from the end) or names of :func:`layer_names`.
+
+    Returns:
+        What trains, for your optimizer: every adapter's A and B, and the head's parameters unless the head
+        has an adapter (every other parameter is frozen, BatchNorm statistics held, as :func:`freeze_layers`).
+
+    Raises:
+        ConfigError: a bad rank, α or layer, or a layer of ``model`` that already has an adapter (a second call
+            would discard the first adapter's training: :func:`merge_adapters` first).
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"adapter rank must be an integer >= 1, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ConfigError(f"adapter alpha must be a number > 0, got {alpha!r}")
+    chosen = resolve_layers(model, layers)
+    for name, module in adapted_modules(model).items():  # a new adapter would replace it: its training lost
+        if lora_of(module) is not None:
+            raise ConfigError(f"layer {name!r} already has an adapter; call merge_adapters first")
+    head = len(named_layers(model)) - 1
+    trainable = freeze_layers(model, head)  # the head's parameters
+    if head in chosen:
+        for p in trainable:
+            p.requires_grad_(False)
+        trainable = []
+    loras: dict[str, LoRA] = add_loras(layer_modules(model, chosen), rank, float(alpha),
+                                       torch.Generator().manual_seed(seed))
+    return trainable + [p for lora in loras.values() for p in lora.parameters()]
+
+
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its layer's weight (``W ← W + (α/r)·B A``), remove the adapters and unfreeze
+    every layer: one plain model again, which computes what the adapted one did (to float rounding) and
+    saves as any checkpoint. Returns ``model``."""
+    merge(model)
+    freeze_layers(model, 0)
     return model
 
 
@@ -290,8 +366,12 @@ class Chosen:
     def l2sp(self, model: nn.Module) -> L2SPPenalty:
         return L2SPPenalty(model, self.config.l2sp_lambda)
 
-    def distillation(self, teacher: nn.Module, *, classes: Sequence[int] | None = None) -> DistillationLoss:
-        """LwF's output distillation with the chosen T and α. A setting that also distils intermediate features
+    def distillation(self, teacher: nn.Module, *, classes: Sequence[int] | None = None,
+                     new_classes: Sequence[int] | None = None, per_task: Sequence[Sequence[int]] | None = None,
+                     task: int | None = None) -> DistillationLoss:
+        """LwF's output distillation with the chosen T, α and ``distill_variant`` (:class:`DistillationLoss` says
+        what ``classes``, ``new_classes`` and ``per_task`` mean). With ``distill_weighting: task-count`` give the
+        1-based ``task`` being learned: α is then 1/task. A setting that also distils intermediate features
         (``feature_distill_weight`` > 0) is refused: this loss has no feature term, and dropping it silently
         would train something other than what the sweep measured."""
         if self.config.feature_distill_weight > 0:
@@ -299,7 +379,15 @@ class Chosen:
                               f"{self.config.feature_distill_weight:g}, layers {self.config.feature_distill_layers}); "
                               "the production API has output distillation only: train with `sweep train --config` "
                               "or choose a setting with feature_distill_weight 0")
-        return DistillationLoss(teacher, self.config.distill_temperature, self.config.distill_alpha, classes=classes)
+        c = self.config
+        alpha = c.distill_alpha
+        if c.distill_weighting == "task-count":
+            if not isinstance(task, int) or isinstance(task, bool) or task < 2:
+                raise ConfigError(f"the chosen setting weighs distillation by the task count (distill_weighting "
+                                  f"task-count): pass task=, the 1-based task being learned (>= 2), got {task!r}")
+            alpha = 1.0 / task
+        return DistillationLoss(teacher, c.distill_temperature, alpha, classes=classes, variant=c.distill_variant,
+                                new_classes=new_classes, per_task=per_task)
 
     @property
     def interp_alpha(self) -> float:
@@ -323,6 +411,19 @@ class Chosen:
         c = self.config
         groups = param_groups(model, self.finetune_lr, c.lr_decay, c.frozen_layers)
         return make_optimizer(c.optimizer, groups, self.finetune_lr, c.weight_decay)
+
+    def add_adapters(self, model: nn.Module, *, seed: int = 0) -> list[nn.Parameter]:
+        """:func:`add_adapters` with the chosen rank, α and layers (the ``adapter`` strategy's, merge mode);
+        returns the parameters to give :func:`make_optimizer`. After the fine-tune, :func:`merge_adapters`."""
+        c = self.config
+        if "adapter" not in self.components or c.adapter_rank == 0:
+            raise ConfigError(f"the chosen strategy {c.strategy!r} has no adapters (adapter_rank "
+                              f"{c.adapter_rank}); fine-tune with optimizer() instead")
+        if c.adapter_mode != "merge":
+            raise ConfigError(f"the chosen setting uses adapter_mode {c.adapter_mode!r} (an adapter and a head per "
+                              "task); only adapter_mode 'merge' deploys through the API: train it with "
+                              "`sweep train --config`, or choose a merge setting")
+        return add_adapters(model, c.adapter_rank, c.adapter_alpha, c.adapter_layers, seed=seed)
 
     @property
     def lp_epochs(self) -> int:

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("sweep.commands.run", "run a hyperparameter sweep (Ray Tune + Optuna) into results/<study>"),
     "choose": ("sweep.commands.choose", "choose the production setting from a study under a constraint"),
     "report": ("sweep.commands.report", "write a self-contained HTML report of a study"),
+    "reproduce": ("sweep.commands.reproduce", "rerun a published table (hsu2018, vandeven2019): each row's "
+                  "hyperparameters chosen on validation by a sweep, then run on fresh seeds"),
     "clean": ("sweep.commands.clean", "remove the caches and Tune folders a study recorded, keep its Parquet results"),
 }
 

@@ -53,6 +53,7 @@ class _TrainConfigMethods:
         pretrained: str | None
         dropout: float
         optimizer: str
+        optimizer_state: str
         lr: float
         finetune_lr: float | None
         lr_decay: float
@@ -70,6 +71,8 @@ class _TrainConfigMethods:
         fisher_samples: int | None
         ewc_mode: str
         ewc_gamma: float
+        distill_variant: str
+        distill_weighting: str
         distill_temperature: float
         distill_alpha: float
         feature_distill_weight: float
@@ -82,6 +85,19 @@ class _TrainConfigMethods:
         interp_last_alpha: float | None
         interp_grid: int
         lp_epochs: int
+        si_c: float
+        si_xi: float
+        mas_lambda: float
+        mas_samples: int | None
+        adapter_rank: int
+        adapter_alpha: float
+        adapter_layers: str
+        adapter_mode: str
+        genreplay_latent: int
+        genreplay_epochs: int
+        genreplay_ratio: float
+        genreplay_temperature: float
+        genreplay_weighting: str
 
         def __init__(self, **values: Any) -> None: ...
 

@@ -30,6 +30,8 @@ SETTING = "setting"  # what a study asks (benchmark, model) or where and how it 
 # label space shared by every task (see docs/design.md)
 SCENARIOS = ("class", "task", "domain")
 OPTIMIZERS = ("adam", "sgd")
+# reset: a fresh optimizer every task; keep: each parameter's optimizer state carries from task to task
+OPTIMIZER_STATES = ("reset", "keep")
 LR_SCHEDULES = ("constant", "cosine")  # the learning rate of tasks 2..T after its warmup
 # the built-in benchmarks and strategies, torch-free (the help lists them); tests keep them equal to
 # sweep.data.benchmarks.BENCHMARKS and sweep.strategies.registry.STRATEGIES
@@ -295,6 +297,14 @@ _MODEL = (
 )
 _TRAINER = (  # the trainer owns every optimizer step
     HParam("optimizer", str, "adam", "the optimizer of every task", choices=OPTIMIZERS),
+    # reset by default: a production fine-tune starts its own optimizer (a released checkpoint carries no Adam
+    # moments), and every study and cache entry so far was computed so; keep reproduces the published Split-MNIST
+    # code (one optimizer for the whole sequence). Task 1 trains the same either way: it acts from task 2 on
+    HParam("optimizer_state", str, "reset", "reset: every task starts a fresh optimizer, as a fine-tune of a "
+           "released checkpoint must; keep: from task 2 on each model parameter resumes the optimizer state (Adam's "
+           "moments and step count) its last training left, as the published Split-MNIST code's single optimizer "
+           "does; with sgd (no momentum) there is no state and keep changes nothing", choices=OPTIMIZER_STATES,
+           first_task=2),
     HParam("lr", float, 1e-3, "learning rate; Adam 1e-3 is the standard Split-MNIST setting", range="> 0"),
     HParam("finetune_lr", float, None, "learning rate of tasks 2..T; none: lr. A lower one is itself a mitigation",
            range="> 0", nullable=True, first_task=2),

@@ -84,7 +84,13 @@ def test_new_hooks_default_to_no_ops(spec: str, digits):
         ctx, batch = context(digits, model, t)
         strategy.before_task(ctx)
         params = list(model.parameters())
-        assert strategy.trainable_parameters(ctx, params) is params
+        if "adapter" in spec.split("+") and t > 0:  # the hook adapters exist for: the head, and each adapter's A, B
+            head = {id(p) for p in named_layers(model)[-1][1].parameters()}
+            chosen = strategy.trainable_parameters(ctx, params)
+            assert [id(p) for p in chosen[:len(head)]] == [id(p) for p in params if id(p) in head]
+            assert len(chosen) == len(head) + 2 * (len(named_layers(model)) - 1)
+        else:
+            assert strategy.trainable_parameters(ctx, params) is params
         if "lpft" in spec.split("+") and t > 0:  # the hook LP-FT exists for: probe the head, then fine-tune
             assert [(p.name, p.epochs) for p in strategy.phases(t)] == [("probe", CONFIG.lp_epochs), ("tune", None)]
         else:
@@ -92,7 +98,10 @@ def test_new_hooks_default_to_no_ops(spec: str, digits):
         assert all(strategy.lr_factor(t, step, 20) == 1.0 for step in (0, 7, 19))
         assert strategy.feature_layers(t) == ()
         assert all(strategy.eval_model(ctx, i) is model for i in range(digits.num_tasks))
-        assert strategy.auxiliary(ctx) is None
+        if "genreplay" in spec.split("+") and t < digits.num_tasks - 1:  # its generator, stepped beside the model
+            assert isinstance(strategy.auxiliary(ctx), Auxiliary)
+        else:
+            assert strategy.auxiliary(ctx) is None
         before = strategy.state_dict()
         assert strategy.after_step(ctx, batch) is None
         after = strategy.state_dict()

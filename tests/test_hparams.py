@@ -115,14 +115,18 @@ def test_the_views_keep_their_landed_contents():
                                         "strategy", "pretrained", "init_weights", "model", "threads"}
     assert set(hparams.GENERAL_PARAMS) == {"lr", "finetune_lr", "epochs", "batch_size", "optimizer", "weight_decay",
                                            "frozen_layers", "lr_decay", "early_stop_patience", "warmup_epochs",
-                                           "lr_schedule", "dropout"}
-    assert len(schema.HYPERPARAMETERS) == 27
+                                           "lr_schedule", "dropout", "optimizer_state"}
+    assert len(schema.HYPERPARAMETERS) == 27 + 5 + 4 + 5 + 2  # + optimizer_state, si_c, si_xi, mas_lambda, mas_samples
+    # + adapter_rank, adapter_alpha, adapter_layers, adapter_mode
+    # + genreplay_latent, genreplay_epochs, genreplay_ratio, genreplay_temperature, genreplay_weighting
+    # + distill_variant, distill_weighting
     # the prefix-cache key leaves out what it always left out (dropout acts on task 1: it stays in)
     assert prefix_free_fields("naive") == {"finetune_lr", "frozen_layers", "lr_decay", "early_stop_patience",
-                                           "warmup_epochs", "lr_schedule"}
+                                           "warmup_epochs", "lr_schedule", "optimizer_state"}
     assert prefix_free_fields("ewc+replay") - prefix_free_fields("naive") == {"ewc_lambda", "replay_ratio"}
     assert prefix_free_fields("distill+l2sp") - prefix_free_fields("naive") == {
-        "distill_temperature", "distill_alpha", "feature_distill_weight", "feature_distill_layers", "l2sp_lambda"}
+        "distill_variant", "distill_weighting", "distill_temperature", "distill_alpha", "feature_distill_weight",
+        "feature_distill_layers", "l2sp_lambda"}
 
 
 # --- the strategies: their blocks are their constructors

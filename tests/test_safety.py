@@ -171,3 +171,59 @@ def test_no_training_sample_is_written_and_clean_keeps_only_results(ray_session,
     assert load_study(study).trials.equals(before)
     again = run_cli("clean", str(study), timeout=120)
     assert again.returncode == 0 and "nothing to remove" in again.stdout
+
+
+# --- genreplay's generator is a model of the training data: it never leaves the trial's memory
+GENERATOR_NAMES = (b"log_var", b"decoder.", b"encoder.")  # its state_dict keys, as torch.save would pickle them
+
+
+def generator_traces(folder: Path) -> list[str]:
+    """Files under ``folder`` that hold a generator: its parameter names in any file's bytes (or a zip member's), or
+    a tensor torch can read with the generator's hidden width (400; the classifiers here are narrower) in its shape."""
+    from sweep.models.vae import HIDDEN
+
+    found = set()
+    for path in (p for p in folder.rglob("*") if p.is_file()):
+        if any(name in blob for blob in contents(path) for name in GENERATOR_NAMES):
+            found.add(str(path.relative_to(folder)))
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # not a torch file
+            continue
+        stack = [loaded]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list | tuple):
+                stack.extend(item)
+            elif isinstance(item, torch.Tensor) and HIDDEN in item.shape:
+                found.add(str(path.relative_to(folder)))
+    return sorted(found)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the scan tries every file of Ray's as a torch file
+def test_no_generator_weights_are_written_by_a_genreplay_sweep(ray_session, tmp_path: Path):
+    from sweep.analysis.io import load_study
+    from sweep.models.vae import VAE
+    from sweep.tune.driver import SweepOptions, run_sweep
+
+    run_sweep(SweepOptions(strategy="genreplay", trials=2, seeds=1, epochs=1, results_dir=str(tmp_path),
+                           study="generative", references=False, quiet=True))  # the prefix cache is on by default
+    study = tmp_path / "generative"
+    assert (load_study(study).trials["status"] == "finished").sum() == 2
+
+    # the scan would see a generator: its state_dict, or its tensors saved without their names
+    control = tmp_path / "control"
+    control.mkdir()
+    vae = VAE((1, 8, 8), latent=16)
+    torch.save(vae.state_dict(), control / "generator.pt")
+    torch.save([p.detach() for p in vae.parameters()], control / "tensors.pt")
+    torch.save({"classifier": torch.zeros(256, 64)}, control / "classifier.pt")
+    assert generator_traces(control) == ["generator.pt", "tensors.pt"]
+
+    assert (study / "ray").is_dir()  # Tune's experiment folder is there to be scanned
+    assert generator_traces(study) == []
+    assert not [p for p in (study / "cache").rglob("*") if p.is_file()]  # genreplay trials skip the prefix cache

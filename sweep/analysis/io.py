@@ -31,9 +31,10 @@ _HP_DTYPES = {f"hp_{name}": "object" if BY_NAME[name].type is str else "float64"
 # columns that hold numbers in both files: every metric, the Fisher, durations, counts, accuracy rows' indices
 _NUMERIC = frozenset({
     *(schema.metric_column(s, m, stat) for s in schema.SPLITS for m in schema.METRICS for stat in ("mean", "std")),
-    "fisher_mean", "fisher_trace", "duration_s", "n_seeds", "num_tasks", "schema_version",
+    "fisher_mean", "fisher_trace", *schema.IMPORTANCE_COLUMNS, "duration_s", "n_seeds", "num_tasks", "schema_version",
     *(column for column, dtype in _HP_DTYPES.items() if dtype == "float64"),
     "seed", "after_task", "eval_task", "accuracy",
+    schema.TRAINABLE_COLUMN,  # the adapter strategy's count of trained parameters
 })
 
 

@@ -47,6 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "its front; rungs inside a task at epochs GRACE*ETA^k; in (1, 100] (default: 3)")
     a("--prune-grace", type=_int("--prune-grace"), default=1, metavar="GRACE",
       help="with --prune: epochs trained past task 1 before a trial can be stopped, >= 1 (default: 1)")
+    a("--prune-noise", type=_float("--prune-noise"), default=0.5, metavar="K",
+      help="with --prune: a trial stays on a rung's front unless a peer dominates its values raised by K stds "
+           "over its seeds, so a difference within the seeds' noise stops nothing; 0: the means alone; "
+           "in [0, 10] (default: 0.5)")
+    a("--protocol", nargs="+", default=None, metavar="PROTOCOL",
+      help="when hyperparameters are selected (Lee et al. 2024): end, on every task's validation data; "
+           "first-tasks K, every trial trains and is judged on the first K tasks only (2 <= K < tasks), what a "
+           "practitioner has when task K+1 arrives; then `sweep choose` and `sweep train --config chosen.yaml "
+           "--num-tasks T` run the full sequence with the choice (default: end)")
     a("--cpus-per-trial", type=_float("--cpus-per-trial"), default=1.0, help="CPUs per trial (default: 1)")
     a("--gpus-per-trial", type=_float("--gpus-per-trial"), default=0.0,
       help="GPUs per trial; fractional shares a GPU, e.g. 0.25 (default: 0)")
@@ -85,6 +94,25 @@ def _int(flag: str) -> Callable[[str], int]:  # an argparse type
     return parse
 
 
+def parse_protocol(words: list[str] | None) -> tuple[str, int | None]:
+    """``--protocol end`` -> ("end", None); ``--protocol first-tasks 2`` -> ("first-tasks", 2); the values are
+    checked with the other options (a one-line error naming what is allowed)."""
+    from sweep.errors import ConfigError
+
+    if not words:
+        return "end", None
+    if len(words) > 2 or (words[0] == "end" and len(words) > 1):
+        raise ConfigError(f"--protocol {' '.join(words)}: expected end, or first-tasks K")
+    if len(words) == 1:
+        if words[0] == "first-tasks":
+            raise ConfigError("--protocol first-tasks needs K, the number of tasks to select on: first-tasks 2")
+        return words[0], None
+    try:
+        return words[0], int(words[1])
+    except ValueError:
+        raise ConfigError(f"--protocol {words[0]} {words[1]}: K must be an integer >= 2, got {words[1]!r}") from None
+
+
 def _names(text: str) -> list[str]:  # --log mlflow,tensorboard; each name is checked with the other options
     return [name.strip() for name in text.split(",")]
 
@@ -103,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from sweep.tune.interrupts import handled
 
     fields = SweepOptions.__dataclass_fields__
+    args.protocol, args.protocol_tasks = parse_protocol(args.protocol)
     args.log = tuple(args.log or ())  # --log a,b --log c -> ("a", "b", "c")
     config = given_fields(args, skip=NOT_FLAGS)  # --hidden 400,400 -> {"hidden": [400, 400]}
     options = SweepOptions(**{k: v for k, v in vars(args).items() if k in fields and (k not in BY_NAME or
@@ -122,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
             summary = None
     if summary is not None:
         print_summary(summary)
+        if options.protocol == "first-tasks":  # the study judged K tasks: the full sequence is the next step
+            print(f"selected on the first {options.protocol_tasks} tasks only (--protocol first-tasks): run the whole "
+                  f"sequence with the choice: sweep choose {summary.study_dir} --output chosen.yaml, then sweep train "
+                  "--config chosen.yaml --num-tasks <the sequence's tasks>")
         if summary.complete:
             return 0
     print(f"sweep run: interrupted before every trial finished; finished trials are saved. Resume with: "

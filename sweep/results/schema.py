@@ -48,8 +48,15 @@ COMPUTE_COLUMNS = ("optimizer_steps", "train_samples", "fisher_samples", "eval_p
 # a free variant of a trained trial's final model (interpolation's α grid: sweep.strategies.interp) is a row of
 # its own, id "<trial>-a<α>", its values in its hp_ columns, no compute of its own; null for a trained trial
 DERIVED_COLUMN = "derived_from"
+# the scale SI's c and MAS's λ multiply, as fisher_mean/fisher_trace for EWC's λ: mean and sum of the importance Ω
+# over every weight, the Ω the last task was penalised with (the strategies' stats; NaN or null without one)
+IMPORTANCE_COLUMNS = ("si_importance_mean", "si_importance_trace", "mas_importance_mean", "mas_importance_trace")
+# the parameters each task from task 2 on trains (the adapter strategy's stats: its adapters and the head); null
+# for a strategy that does not report it (every parameter trains)
+TRAINABLE_COLUMN = "trainable_params"
 # columns added after schema_version 2's first files: absent from an older file, they read as null
-OPTIONAL_COLUMNS = (*HP_COLUMNS, *PRUNED_COLUMNS, *COMPUTE_COLUMNS, DERIVED_COLUMN)
+OPTIONAL_COLUMNS = (*HP_COLUMNS, *PRUNED_COLUMNS, *COMPUTE_COLUMNS, DERIVED_COLUMN, *IMPORTANCE_COLUMNS,
+                    TRAINABLE_COLUMN)
 
 
 def metric_column(split: str, metric: str, stat: str = "mean") -> str:
@@ -81,6 +88,8 @@ TRIALS_COLUMNS = (
     *COMPUTE_COLUMNS,
     "fisher_mean",  # mean of the diagonal Fisher over parameters (NaN without EWC)
     "fisher_trace",  # sum of the diagonal Fisher
+    *IMPORTANCE_COLUMNS,  # SI's and MAS's importance scale (NaN or null without them)
+    TRAINABLE_COLUMN,  # parameters a task from task 2 on trains (adapters); null when not reported
     "duration_s",
     "node",  # the Ray node the trial ran on
     "finished_at",  # ISO 8601, UTC, to the millisecond: with duration_s, the trials' timeline

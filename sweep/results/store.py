@@ -31,6 +31,7 @@ from sweep.results.schema import (
     COMPUTE_COLUMNS,
     DERIVED_COLUMN,
     HYPERPARAMETERS,
+    IMPORTANCE_COLUMNS,
     METRICS,
     OPTIONAL_COLUMNS,
     PRUNED_COLUMNS,
@@ -62,7 +63,9 @@ _TRIALS_TYPES: dict[str, pa.DataType] = {
     "pruned_task": pa.int64(), "pruned_epoch": pa.int64(),
     **{name: pa.float64() for name in PRUNED_COLUMNS if name.startswith("partial_")},
     **{name: pa.int64() for name in COMPUTE_COLUMNS},
-    "fisher_mean": pa.float64(), "fisher_trace": pa.float64(), "duration_s": pa.float64(), "node": pa.string(),
+    "fisher_mean": pa.float64(), "fisher_trace": pa.float64(), **{name: pa.float64() for name in IMPORTANCE_COLUMNS},
+    "trainable_params": pa.float64(),
+    "duration_s": pa.float64(), "node": pa.string(),
     "finished_at": pa.string(), "code_version": pa.string(), "torch_version": pa.string(),
     "ray_version": pa.string(), "optuna_version": pa.string(), "schema_version": pa.int64(),
 }

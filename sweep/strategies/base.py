@@ -115,7 +115,7 @@ class Auxiliary:
     """A model of the strategy's own (a replay generator) that the trainer steps after each classifier step,
     on the same batch, with an optimizer of its own (fresh each task, like the classifier's)."""
 
-    model: nn.Module  # on ctx.device; its weights belong in the strategy's state_dict
+    model: nn.Module  # on ctx.device; in the state_dict unless it models the training data (a generator)
     loss: Callable[[TaskContext, Batch], Tensor]  # scalar, differentiable in ``model``'s parameters
     optimizer: str = "adam"  # as TrainConfig.optimizer
     lr: float = 1e-3
@@ -126,9 +126,13 @@ class Strategy:
     """Base strategy: every hook is a no-op, so this class is exactly naive fine-tuning."""
 
     name: ClassVar[str] = "naive"  # its key in the registry, and of its block in sweep.strategies.specs
-    # its after_task runs before every other component's in a composite (interpolation: EWC's Fisher and
-    # distillation's teacher must see the interpolated weights, whatever the order of the names)
-    after_task_first: ClassVar[bool] = False
+    # where its after_task runs in a composite, whatever the order of the names: lowest first, ties in name order.
+    # Adapters merge (-2) before interpolation (-1), which interpolates the merged weights; both before every
+    # other component (0), so EWC's Fisher and distillation's teacher see the weights the next task starts from
+    after_task_order: ClassVar[int] = 0
+    # False: its state after task 1 must not be written anywhere (a generator of the training data), so its trials
+    # train task 1 themselves instead of sharing it through the task-prefix cache
+    prefix_cacheable: ClassVar[bool] = True
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> Strategy:

@@ -1,12 +1,23 @@
 """distill: learning without forgetting (LwF), on the outputs and, when asked, on intermediate features.
 
 The teacher is a frozen copy of the model after the previous task. From task 2 on the loss is
-α·CE + (1 − α)·T²·KL(softmax(z_teacher/T) ‖ softmax(z_student/T)) + w·mean_l MSE(h_l, h_l^teacher):
-the trainer weights the cross-entropy by :meth:`ce_weight` and adds :meth:`penalty`. The KL runs
-over the classes the teacher knew (the classes of tasks < t; every class in domain-incremental
-form), on raw logits: in task-incremental form the old tasks' heads are exactly what the teacher
-preserves. T² keeps the gradient's scale independent of T (Hinton et al.). α = 1 and w = 0
-reproduce naive bit for bit.
+w_CE·CE + w_KD·T²·KL(p_teacher ‖ p_student) + w·mean_l MSE(h_l, h_l^teacher): the trainer weights the
+cross-entropy by :meth:`ce_weight` and adds :meth:`penalty`. T² keeps the gradient's scale independent
+of T (Hinton et al.). ``distill_weighting`` sets the weights: ``alpha``, w_CE = α and w_KD = 1 − α
+(α = 1 and w = 0 reproduce naive bit for bit); ``task-count``, on task t w_CE = 1/t and w_KD = 1 − 1/t
+(van de Ven & Tolias' ``rnt``: every task seen so far weighs the same).
+
+``distill_variant`` sets which classes the KL covers, on raw logits (docs/reproductions.md compares them):
+
+- ``vandeven`` (GMvandeVen/continual-learning, ``models/classifier.py`` ``train_a_batch`` and
+  ``loss_fn_kd``): class-incremental, the student's softmax runs over every class seen so far, the new
+  task's included, and the teacher's softmax over the old classes is padded with zeros for the new ones,
+  so the term pulls probability mass back from the new classes to the old; task-incremental, one softmax
+  per past task over its own classes (what its head is evaluated on), the KL averaged over past tasks;
+  domain-incremental, every class.
+- ``old-classes`` (this tool before): both softmaxes over the old classes only (every class in
+  domain-incremental form). Invariant to a shift of all old logits, it cannot stop the new classes'
+  logits from outranking the old ones: class-incremental, it barely helps.
 
 Feature distillation (w = ``feature_distill_weight`` > 0) matches the outputs of the layers
 ``feature_distill_layers`` names, the model's named layers as ``frozen_layers`` counts them
@@ -22,24 +33,32 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from functools import partial
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sweep.data.tasks import Benchmark
 from sweep.errors import ConfigError
 from sweep.hparams import DEFAULTS
 from sweep.models import named_layers
 from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext, tensors_under
 
+_M = TypeVar("_M", bound=nn.Module)
+
 
 class Distill(Strategy):
     name = "distill"
 
-    def __init__(self, distill_temperature: float = DEFAULTS["distill_temperature"],
+    def __init__(self, distill_variant: str = DEFAULTS["distill_variant"],
+                 distill_weighting: str = DEFAULTS["distill_weighting"],
+                 distill_temperature: float = DEFAULTS["distill_temperature"],
                  distill_alpha: float = DEFAULTS["distill_alpha"],
                  feature_distill_weight: float = DEFAULTS["feature_distill_weight"],
                  feature_distill_layers: str = DEFAULTS["feature_distill_layers"]) -> None:
+        self.variant = distill_variant
+        self.weighting = distill_weighting
         self.temperature = distill_temperature
         self.alpha = distill_alpha
         self.feature_weight = feature_distill_weight
@@ -48,6 +67,7 @@ class Distill(Strategy):
         self.teacher: nn.Module | None = None
         self.known: Tensor | None = None  # (K,) class ids the teacher was trained on
         self._pending: dict[str, Tensor] | None = None  # teacher weights loaded before a model exists
+        self._columns: dict[int, tuple[Tensor, ...]] = {}  # task index -> the column sets of vandeven's term
 
     def before_task(self, ctx: TaskContext) -> None:
         if self.feature_weight > 0:  # an unknown layer is refused before task 1 trains, not after it
@@ -55,7 +75,7 @@ class Distill(Strategy):
         self._teacher(ctx.model)  # restored from a state dict: rebuilt here, while no feature hook is on the model
 
     def after_task(self, ctx: TaskContext) -> None:
-        self.teacher = _frozen_copy(ctx.model)  # also at α = 1: the state after a task never depends on α
+        self.teacher = frozen_copy(ctx.model)  # also at α = 1: the state after a task never depends on α
         known: Sequence[int]
         if ctx.benchmark.scenario == "domain":
             known = range(ctx.benchmark.num_classes)
@@ -64,7 +84,15 @@ class Distill(Strategy):
         self.known = torch.tensor(list(known), dtype=torch.long, device=ctx.device)
 
     def ce_weight(self, task_index: int) -> float:
-        return self.alpha if task_index >= 1 and self.alpha != 1.0 else 1.0
+        if task_index < 1:
+            return 1.0
+        if self.weighting == "task-count":
+            return 1.0 / (task_index + 1)
+        return self.alpha if self.alpha != 1.0 else 1.0
+
+    def kd_weight(self, task_index: int) -> float:
+        """w_KD of task ``task_index`` (0-based): 1 − α, or 1 − 1/t with ``task-count``."""
+        return 1.0 - (1.0 / (task_index + 1) if self.weighting == "task-count" else self.alpha)
 
     def feature_layers(self, task_index: int) -> tuple[str | int, ...]:
         return self.layers if task_index >= 1 and self.feature_weight > 0 else ()
@@ -74,22 +102,32 @@ class Distill(Strategy):
     ) -> Tensor | None:
         teacher = self._teacher(ctx.model)
         by_features = self.feature_weight > 0 and bool(self.layers)
-        if teacher is None or self.known is None or (self.alpha == 1.0 and not by_features):
+        weight = self.kd_weight(ctx.task_index)
+        if teacher is None or self.known is None or (weight == 0.0 and not by_features):
             return None
         with torch.no_grad():
             taught, teacher_features = teacher_outputs(teacher, batch.x, self.layers if by_features else ())
         total = None
-        if self.alpha != 1.0:
-            total = kd_term(taught, raw_logits, self.known, self.temperature, self.alpha)
+        if weight != 0.0:
+            if self.variant == "old-classes":
+                total = kd_term(taught, raw_logits, self.known, self.temperature, 1.0 - weight)
+            else:
+                total = weight * vandeven_term(taught, raw_logits, self._vandeven_columns(ctx), self.temperature)
         if by_features:
             student = [features[layer] for layer in self.layers]
             term = feature_term(student, [teacher_features[layer] for layer in self.layers], self.feature_weight)
             total = term if total is None else total + term
         return total
 
+    def _vandeven_columns(self, ctx: TaskContext) -> tuple[Tensor, ...]:
+        """:func:`vandeven_columns` of the context's task, computed once per task (derived, not state)."""
+        if ctx.task_index not in self._columns:
+            self._columns = {ctx.task_index: vandeven_columns(ctx.benchmark, ctx.task_index, ctx.device)}
+        return self._columns[ctx.task_index]
+
     def _teacher(self, model: nn.Module) -> nn.Module | None:
         if self._pending is not None:  # restored from a state dict: rebuild on the model's structure
-            self.teacher = _frozen_copy(model)
+            self.teacher = frozen_copy(model)
             self.teacher.load_state_dict(self._pending)
             self._pending = None
         return self.teacher
@@ -163,6 +201,39 @@ def kd_term(teacher_logits: Tensor, raw_logits: Tensor, known: Tensor, temperatu
     return (1.0 - alpha) * T * T * kl
 
 
+def vandeven_columns(benchmark: Benchmark, task_index: int, device: torch.device) -> tuple[Tensor, ...]:
+    """The column sets of :func:`vandeven_term` on task ``task_index`` (0-based): pairs (the classes the
+    student's softmax runs over, the teacher's classes among them), flattened."""
+    def ids(classes: Sequence[int]) -> Tensor:
+        return torch.tensor(sorted(classes), dtype=torch.long, device=device)
+
+    def every(classes: Sequence[int]) -> tuple[Tensor, Tensor]:  # the teacher's softmax over all of S
+        return ids(classes), torch.arange(len(set(classes)), device=device)
+
+    if benchmark.scenario == "domain":
+        return every(range(benchmark.num_classes))
+    past = benchmark.tasks[:task_index]
+    if benchmark.scenario == "task":
+        return tuple(column for task in past for column in every(task.classes))
+    old = {c for task in past for c in task.classes}
+    seen = sorted(old | set(benchmark.tasks[task_index].classes))
+    return ids(seen), torch.tensor([seen.index(c) for c in sorted(old)], dtype=torch.long, device=device)
+
+
+def vandeven_term(teacher_logits: Tensor, raw_logits: Tensor, columns: Sequence[Tensor], temperature: float) -> Tensor:
+    """T²·KL(p_teacher ‖ p_student), averaged over the pairs of ``columns``: for each pair (S, K) the
+    student's softmax over classes S, the teacher's over the classes K (positions within S) padded with
+    zeros for the rest of S; summed over classes, averaged over the batch (van de Ven & Tolias'
+    ``loss_fn_kd`` minus the teacher's entropy, which has no gradient)."""
+    T = temperature
+    terms = []
+    for student_columns, kept in zip(columns[::2], columns[1::2], strict=True):
+        student = torch.log_softmax(raw_logits[:, student_columns] / T, dim=1)[:, kept]  # (B, K)
+        target = torch.log_softmax(teacher_logits.detach()[:, student_columns[kept]] / T, dim=1)
+        terms.append((target.exp() * (target - student)).sum(dim=1).mean())
+    return T * T * (sum(terms[1:], terms[0]) / len(terms))
+
+
 def feature_term(student: Sequence[Tensor], teacher: Sequence[Tensor], weight: float) -> Tensor:
     """w · the mean over layers of each layer's mean squared difference (student's features against the
     teacher's, which carry no gradient)."""
@@ -179,9 +250,10 @@ def distillation_term(
     return kd_term(taught, raw_logits, known, temperature, alpha)
 
 
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    teacher = copy.deepcopy(model).eval()
-    for p in teacher.parameters():
+def frozen_copy(module: _M) -> _M:
+    """A frozen copy in eval mode (a teacher, a previous generator): no gradients, none of the last step's either."""
+    copied = copy.deepcopy(module).eval()
+    for p in copied.parameters():
         p.requires_grad_(False)
         p.grad = None  # deepcopy copies the last step's gradients too
-    return teacher
+    return copied

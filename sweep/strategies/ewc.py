@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from sweep.hparams import DEFAULTS
 from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext, tensors_under
 from sweep.strategies.fisher import task_fisher
+from sweep.strategies.lora import effective_parameters
 
 
 def quadratic_penalty(
@@ -76,7 +77,8 @@ class EWC(Strategy):
         fisher = task_fisher(ctx, self.fisher, self.fisher_samples)  # also at λ = 0: see the module docstring
         n = len(ctx.task.train)
         ctx.compute.fisher_samples += n if self.fisher_samples is None else min(n, self.fisher_samples)
-        self.consolidate(fisher, {name: p.detach() for name, p in ctx.model.named_parameters()})
+        # θ*: the weights as the model computes them (an attached adapter's low-rank term included)
+        self.consolidate(fisher, {name: p.detach() for name, p in effective_parameters(ctx.model)})
 
     def consolidate(self, fisher: dict[str, Tensor], theta: dict[str, Tensor]) -> None:
         """Add one task's Fisher and weights θ* (name -> tensor) to the penalty."""
@@ -107,7 +109,7 @@ class EWC(Strategy):
         """λ/2 · Σ_k F_k (θ − θ*_k)² at ``model``'s weights; None before any task (or with λ = 0)."""
         if self.ewc_lambda == 0 or not self.precision:
             return None
-        names, params = zip(*model.named_parameters())
+        names, params = zip(*effective_parameters(model))  # adapters: W + (α/r)·B A, differentiable in A, B
         quadratic = quadratic_penalty(params, [self.anchor[n] for n in names], [self.precision[n] for n in names])
         return 0.5 * self.ewc_lambda * (quadratic + self.offset)
 

@@ -108,15 +108,16 @@ def fisher_diagonal(
     uniforms = None
     if estimator == "sampled":
         uniforms = torch.rand(n, generator=generator, dtype=torch.float64).to(y.device)
-    with _fisher_mode(model):
+    with estimating(model):
         if estimator == "batched":
             return _batched(model, logits_fn, x, y, task_ids, order, n, batch_size)
         return _per_sample(model, logits_fn, x, y, task_ids, order, n, estimator, uniforms, chunk_size)
 
 
 @contextmanager
-def _fisher_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and gradients for every parameter (frozen layers too), restored afterwards."""
+def estimating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and gradients for every parameter (frozen layers too), restored afterwards: how an importance
+    estimate (EWC's Fisher, MAS's) runs the model."""
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()

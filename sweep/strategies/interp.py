@@ -3,8 +3,9 @@
 After each task from task 2 on, the weights become ``(1 - α) θ_before + α θ_after``: θ_before the
 weights the task started from (after the previous task; the pretrained ones for a fine-tune),
 θ_after the weights its training reached (with any other strategy of the composite: ``ewc+interp``
-interpolates the EWC-trained weights). Its ``after_task`` runs before every other component's, so
-EWC's Fisher and anchors and distillation's teacher see the interpolated weights.
+interpolates the EWC-trained weights). Its ``after_task`` runs before every other component's but the
+adapters' merge (``adapter+interp`` interpolates toward the merged weights, whatever the order of the names),
+so EWC's Fisher and anchors and distillation's teacher see the interpolated weights.
 
 **The free front.** α needs no training to vary at the last task: one fine-tune, evaluated at the
 ``interp_grid`` values of α from 0 to 1, gives that many results (:meth:`Interp.variants`, evaluated
@@ -51,7 +52,7 @@ def grid(points: int) -> list[float]:
 
 class Interp(Strategy):
     name = "interp"
-    after_task_first = True
+    after_task_order = -1  # after adapters merge (it interpolates the merged weights), before everything else
 
     def __init__(self, interp_alpha: float = DEFAULTS["interp_alpha"],
                  interp_last_alpha: float | None = DEFAULTS["interp_last_alpha"],

@@ -6,7 +6,7 @@ trainer does not change when a strategy is added.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from torch import Tensor, nn
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from sweep.config import TrainConfig
 from sweep.errors import ConfigError, did_you_mean
 from sweep.hparams import strategy_fields
+from sweep.strategies.adapter import Adapter
 from sweep.strategies.base import (
     NO_FEATURES,
     WHOLE_TASK,
@@ -28,12 +29,15 @@ from sweep.strategies.base import (
 from sweep.strategies.distill import Distill
 from sweep.strategies.ewc import EWC
 from sweep.strategies.freeze import Freeze
+from sweep.strategies.genreplay import GenReplay
 from sweep.strategies.interp import Interp
 from sweep.strategies.joint import Joint
 from sweep.strategies.l2sp import L2SP
 from sweep.strategies.lpft import LPFT
+from sweep.strategies.mas import MAS
 from sweep.strategies.naive import Naive
 from sweep.strategies.replay import Replay
+from sweep.strategies.si import SI
 
 # name -> class with ``from_config(config) -> Strategy``; filled explicitly, never by scanning modules
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -46,6 +50,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "freeze": Freeze,
     "interp": Interp,
     "lpft": LPFT,
+    "si": SI,
+    "mas": MAS,
+    "adapter": Adapter,
+    "genreplay": GenReplay,
 }
 
 # references: they stand alone, as the floor and the ceiling every study is compared with
@@ -65,6 +73,7 @@ class Composite(Strategy):
         self.parts = parts
         # Strategy.name is a class's registry key; a composite's is its parts', so it is set per instance
         self.name = "+".join(p.name for p in parts)  # type: ignore[misc]
+        self.prefix_cacheable = all(p.prefix_cacheable for p in parts)  # type: ignore[misc]
 
     def before_task(self, ctx: TaskContext) -> None:
         for part in self.parts:
@@ -140,7 +149,7 @@ class Composite(Strategy):
         return defined[0][1] if defined else default
 
     def after_task(self, ctx: TaskContext) -> None:
-        for part in sorted(self.parts, key=lambda part: not part.after_task_first):  # stable: otherwise in order
+        for part in sorted(self.parts, key=lambda part: part.after_task_order):  # stable: otherwise in order
             part.after_task(ctx)
 
     def variants(self, ctx: TaskContext) -> Iterator[tuple[dict[str, Any], dict[str, Tensor]]]:
@@ -177,7 +186,36 @@ def parse_strategy(spec: str) -> tuple[str, ...]:
         for name in STANDALONE:
             if name in names:
                 raise ConfigError(f"strategy {spec!r}: {name!r} is a reference and cannot be combined")
+    if "adapter" in names:
+        for name in ADAPTER_BLIND:
+            if name in names:
+                raise ConfigError(f"strategy {spec!r}: {name!r} penalises the model's own parameters, which 'adapter' "
+                                  "freezes from task 2 on (the adapters sit outside them), so it would do nothing; "
+                                  "'adapter+ewc' is the regulariser that acts through adapters")
     return names
+
+
+# penalties on model.named_parameters() alone: with adapters they see a frozen base and never the adapters
+ADAPTER_BLIND = ("si", "mas", "l2sp")
+
+
+def check_settings(names: Sequence[str], adapter_mode: str, early_stop_patience: int,
+                   labels: Mapping[str, str] | None = None) -> None:
+    """Refuse settings that silently break a component of ``names``; ``labels`` says how each value was given
+    (e.g. ``params.adapter_mode``), named in the message after the value."""
+    def given(name: str) -> str:
+        return f" ({labels[name]})" if labels and name in labels else ""
+
+    spec = "+".join(names)
+    if "adapter" in names and "ewc" in names and adapter_mode == "per-task":
+        raise ConfigError(f"strategy {spec!r} with adapter_mode 'per-task'{given('adapter_mode')}: EWC would pull "
+                          "each task's fresh adapter toward the previous task's, which protects nothing (each task "
+                          "is evaluated with its own adapter); allowed with ewc: adapter_mode 'merge'")
+    if "adapter" in names and early_stop_patience > 0:
+        raise ConfigError(f"strategy {spec!r} with early_stop_patience {early_stop_patience}"
+                          f"{given('early_stop_patience')}: early stopping restores the model's state_dict, which "
+                          "holds no adapter, so the restored model would mix epochs; allowed with adapter: "
+                          "early_stop_patience 0")
 
 
 def strategy_params(spec: str) -> tuple[str, ...]:
@@ -189,6 +227,7 @@ def strategy_params(spec: str) -> tuple[str, ...]:
 def strategy_components(config: TrainConfig) -> tuple[str, ...]:
     """The components ``build_strategy`` builds: the named ones, plus freeze when layers are frozen."""
     names = parse_strategy(config.strategy)
+    check_settings(names, config.adapter_mode, config.early_stop_patience)
     if config.frozen_layers > 0 and "freeze" not in names:
         if "joint" in names:
             raise ConfigError("strategy 'joint' is a reference and cannot freeze layers (frozen_layers must be 0)")

@@ -39,10 +39,26 @@ EWC: Block = {
 # layers as frozen_layers counts them: comma-separated 0-based indices (negative from the end) or names
 LAYER_LIST = r"[^,\s]+(,[^,\s]+)*"
 
+# which classes distillation covers and how it normalises them (sweep/strategies/distill.py, docs/reproductions.md)
+DISTILL_VARIANTS = ("vandeven", "old-classes")
+DISTILL_WEIGHTINGS = ("alpha", "task-count")
+# what a field meant in a study made before the field existed, where that is not its default: a resumed study
+# keeps its trials' meaning (sweep.tune.study.check_resume asks for the value as a flag)
+LEGACY_VALUES = {"distill_variant": "old-classes"}
+
 DISTILL: Block = {  # all are read only once a teacher exists (task 2 on)
+    "distill_variant": dict(type=str, default="vandeven", choices=DISTILL_VARIANTS, first_task=2,
+                            why="vandeven: the student's softmax over every class seen so far (the new task's "
+                                "too; per past task in task-incremental form), the teacher's old-class targets padded "
+                                "with 0, as van de Ven & Tolias' LwF; old-classes: both softmaxes over the old classes "
+                                "only, which cannot stop new classes outranking old ones (this tool's before)"),
+    "distill_weighting": dict(type=str, default="alpha", choices=DISTILL_WEIGHTINGS, first_task=2,
+                              why="alpha: α·CE + (1 - α)·distillation; task-count: CE/t + (1 - 1/t)·distillation on "
+                                  "task t, as van de Ven & Tolias (no α)"),
     "distill_temperature": dict(type=float, default=2.0, range="> 0", first_task=2,
                                 why="LwF's softmax temperature T; 2 is the usual"),
     "distill_alpha": dict(type=float, default=0.5, range="[0, 1]", first_task=2,
+                          active_when={"distill_weighting": "alpha"},
                           why="weight α of the new task's cross-entropy; 1 - α goes to distillation"),
     "feature_distill_weight": dict(type=float, default=0.0, range=">= 0", first_task=2,
                                    why="weight of feature distillation, the MSE between the student's and the "
@@ -89,6 +105,60 @@ LPFT: Block = {  # the probing phase opens every task from task 2 on
                           "its epochs of fine-tuning every layer not frozen; 0: plain fine-tuning"),
 }
 
+GENREPLAY_WEIGHTINGS = ("share", "task-count")
+
+GENREPLAY: Block = {  # the generator is trained from task 1 on; it is replayed from task 2 on
+    "genreplay_latent": dict(type=int, default=100, range="1..4096",
+                             why="the VAE generator's latent size (100: van de Ven & Tolias's split-MNIST VAE)"),
+    "genreplay_epochs": dict(type=int, default=5, range="0..1000",
+                             why="epochs that train the generator alone after each task but the last (on the task "
+                                 "and its own replay), on top of the steps it takes beside the classifier: a VAE "
+                                 "needs many more steps than a classifier"),
+    "genreplay_ratio": dict(type=float, default=0.5, range="[0, 0.95]", first_task=2,
+                            why="share of each batch that is generated (0.5: as many generated samples as real "
+                                "ones); also the replay term's weight unless genreplay_weighting is task-count"),
+    "genreplay_temperature": dict(type=float, default=2.0, range="> 0", first_task=2,
+                                  why="temperature T of the soft targets the previous model gives generated samples"),
+    "genreplay_weighting": dict(type=str, default="share", choices=GENREPLAY_WEIGHTINGS, first_task=2,
+                                why="share: (1 - r)·CE + r·replay term; task-count: CE/t + (1 - 1/t)·replay term on "
+                                    "task t, as DGR (van de Ven & Tolias)"),
+}
+
+ADAPTER_MODES = ("merge", "per-task")
+
+ADAPTER: Block = {  # task 1 trains the whole model; adapters exist from task 2 on
+    "adapter_rank": dict(type=int, default=8, range="0..4096", first_task=2,
+                         why="LoRA's rank r of each adapter (8: LoRA's usual); 0: no adapters, plain fine-tuning"),
+    "adapter_alpha": dict(type=float, default=16.0, range="> 0", first_task=2,
+                          why="LoRA's α: an adapter adds (α/r)·B A to its layer's weight (16 with r = 8: scale 2)"),
+    "adapter_layers": dict(type=str, default="body", first_task=2, pattern=LAYER_LIST,
+                           names="all, body (every layer but the head), or comma-separated layers as frozen_layers "
+                                 "counts them, each a 0-based index (negative from the end) or a name",
+                           why="the layers whose Linear and Conv2d get adapters; the others are frozen, except the "
+                               "head, which trains fully unless listed"),
+    "adapter_mode": dict(type=str, default="merge", choices=ADAPTER_MODES, first_task=2,
+                         why="merge: each task's adapter is folded into the weights after it; per-task: each task "
+                             "keeps its adapter and head (task-incremental: no forgetting; class and domain: each "
+                             "sample routed to the most confident task)"),
+}
+
+SI: Block = {
+    "si_c": dict(type=float, default=100.0, range=">= 0", first_task=2,  # scales a penalty from task 2 on
+                 why="SI's strength c of the penalty c·Σ Ω (θ − θ*)²; only meaningful next to Ω's scale (reported "
+                     "with results). 100 with ξ = 0.1 is Zenke et al.'s c/ξ = 1000; Hsu et al. use 300"),
+    "si_xi": dict(type=float, default=0.1, range="> 0",
+                  why="SI's damping ξ in Ω += ω / (Δθ² + ξ), Δθ a task's total change of the weight (0.1: "
+                      "Hsu et al.'s and van de Ven's code)"),
+}
+
+MAS: Block = {
+    "mas_lambda": dict(type=float, default=1.0, range=">= 0", first_task=2,  # scales a penalty from task 2 on
+                       why="MAS's λ of the penalty λ·Σ Ω (θ − θ*)²; only meaningful next to Ω's scale (reported "
+                           "with results); 1 as Aljundi et al. and Hsu et al."),
+    "mas_samples": dict(type=int, default=None, range=">= 1", nullable=True,
+                        why="training samples MAS's importance averages over after each task; none: every one"),
+}
+
 # every registered strategy, with its block (the references have none)
 STRATEGY_ROWS: dict[str, Block] = {
     "naive": {},
@@ -100,6 +170,10 @@ STRATEGY_ROWS: dict[str, Block] = {
     "freeze": FREEZE,
     "interp": INTERP,
     "lpft": LPFT,
+    "si": SI,
+    "mas": MAS,
+    "adapter": ADAPTER,
+    "genreplay": GENREPLAY,
 }
 # built beside any strategy whenever its knob is set (``strategy_components``): its rows are every strategy's
 EVERY_STRATEGY = ("freeze",)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from sweep.metrics import all_metrics
 from sweep.strategies.base import Compute, Strategy
+from sweep.train.task_setup import OptimizerState
 
 
 class PrefixStore(Protocol):
@@ -89,27 +90,35 @@ class SequenceResult:
 
 def prefix_state(
     model: nn.Module, strategy: Strategy, generator: torch.Generator, initial_val: np.ndarray,
-    initial_test: np.ndarray, val: np.ndarray, test: np.ndarray,
+    initial_test: np.ndarray, val: np.ndarray, test: np.ndarray, optimizer: OptimizerState | None = None,
 ) -> dict[str, Any]:
     """The run after task 1, on the CPU: all a later run needs to go on from there identically.
 
-    ``val`` and ``test`` are the accuracy matrices' first rows.
+    ``val`` and ``test`` are the accuracy matrices' first rows; ``optimizer`` the optimizer state ``keep``
+    carries (its entry "optimizer": parameter name -> Adam's tensors), left out under ``reset``.
     """
-    return {
+    state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "strategy": {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in strategy.state_dict().items()},
         "generator": generator.get_state(),
         "initial_val": torch.from_numpy(initial_val), "initial_test": torch.from_numpy(initial_test),
         "val": torch.from_numpy(val.copy()), "test": torch.from_numpy(test.copy()),
     }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    return state
 
 
 def restore_prefix(
     state: dict[str, Any], model: nn.Module, strategy: Strategy, generator: torch.Generator, device: torch.device,
+    optimizer: OptimizerState | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Load :func:`prefix_state`'s mapping into the run; returns (initial_val, initial_test, val row 0, test row 0)."""
+    """Load :func:`prefix_state`'s mapping into the run (and into ``optimizer``, when given, the optimizer state
+    it holds); returns (initial_val, initial_test, val row 0, test row 0)."""
     model.load_state_dict(state["model"])
     # the entry is read onto the CPU; the strategy's tensors (Fisher, anchors, indices) belong on the device
     strategy.load_state_dict({k: v.to(device) if isinstance(v, Tensor) else v for k, v in state["strategy"].items()})
     generator.set_state(state["generator"])  # a CPU generator, as the run's always is
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
     return state["initial_val"].numpy(), state["initial_test"].numpy(), state["val"].numpy(), state["test"].numpy()

@@ -74,6 +74,48 @@ def task_optimizer(
     return make_optimizer(config.optimizer, groups, lr, config.weight_decay)
 
 
+class OptimizerState:
+    """``optimizer_state: keep``: each model parameter's optimizer state, by parameter name, as the last phase that
+    trained it left it (Adam's ``step``, ``exp_avg``, ``exp_avg_sq``; SGD without momentum has none).
+
+    Every phase of tasks 2..T builds its optimizer as usual (its groups, learning rates and weight decay are the
+    task's), then :meth:`load_into` gives each of its parameters the state it had: the moments and the step count
+    carry, whatever group (``lr_decay``) the parameter is in now. A parameter that does not train in a phase (a frozen
+    layer, a probing phase's body) is not in its optimizer, so its state stays as it was until it trains again. A
+    parameter with no state yet starts fresh, as do parameters outside the model (a strategy's adapters: they have no
+    name in the model, so nothing could restore them from the task-prefix cache). Task 1 starts fresh, so the state
+    after task 1 is the same under reset and keep. Tensors are handed over, not copied: the phase that wrote them
+    has ended.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {id(p): name for name, p in model.named_parameters()}
+        self.state: dict[str, dict[str, Tensor]] = {}
+
+    def load_into(self, optimizer: torch.optim.Optimizer) -> None:
+        fused = bool(optimizer.defaults.get("fused")) or bool(optimizer.defaults.get("capturable"))
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                kept = self.state.get(self.names.get(id(p), ""))
+                if kept is not None:  # torch's unfused Adam keeps its step count on the CPU, the fused one with p
+                    optimizer.state[p] = {k: v.to(p.device) if k != "step" or fused else v for k, v in kept.items()}
+
+    def save_from(self, optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                name = self.names.get(id(p))
+                tensors = {k: v for k, v in optimizer.state.get(p, {}).items() if isinstance(v, Tensor)}
+                if name is not None and tensors:
+                    self.state[name] = tensors
+
+    def state_dict(self) -> dict[str, dict[str, Tensor]]:
+        """A CPU copy, for the task-prefix cache."""
+        return {name: {k: v.detach().cpu().clone() for k, v in kept.items()} for name, kept in self.state.items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
+        self.state = {name: dict(kept) for name, kept in state.items()}  # moved where they belong by load_into
+
+
 class FeatureTap:
     """Forward hooks on the layers a strategy's penalty reads; each step's outputs, taken once."""
 

@@ -27,7 +27,15 @@ from sweep.strategies.base import NO_FEATURES, Batch, Compute, Strategy, TaskCon
 from sweep.strategies.registry import build_strategy
 from sweep.train.evaluation import EVAL_BATCH, evaluate, evaluate_all, masked_logits
 from sweep.train.reports import EpochReport, PrefixStore, SequenceResult, TaskReport, prefix_state, restore_prefix
-from sweep.train.task_setup import PhaseOptimizer, TaskRun, phase_parameters, prepare_task, set_frozen, task_optimizer
+from sweep.train.task_setup import (
+    OptimizerState,
+    PhaseOptimizer,
+    TaskRun,
+    phase_parameters,
+    prepare_task,
+    set_frozen,
+    task_optimizer,
+)
 
 __all__ = ["EVAL_BATCH", "EpochReport", "PrefixStore", "SequenceResult", "TaskReport", "build_run", "evaluate",
            "evaluate_all", "iter_sequence", "load_benchmark", "masked_logits", "parse_device", "run_config",
@@ -110,6 +118,10 @@ def iter_sequence(
 
     Every report carries the work done so far (:class:`~sweep.strategies.base.Compute`), counted
     separately for task 1 and for the tasks after it.
+
+    With ``config.optimizer_state == "keep"`` the optimizer's per-parameter state carries from task to task
+    (:class:`~sweep.train.task_setup.OptimizerState`); the prefix entry then holds it too, and an entry written
+    without it (by a ``reset`` trial with the same key) is computed again, with it.
     """
     started = time.perf_counter()
     device = parse_device(device)
@@ -136,11 +148,15 @@ def iter_sequence(
         return EpochReport(t, epoch, T, val_now, test_now, initial_val, initial_test,
                            time.perf_counter() - task_started, **spent())
 
+    carried = OptimizerState(model) if config.optimizer_state == "keep" else None
     cached = prefix.load() if prefix is not None else None
+    if cached is not None and carried is not None and "optimizer" not in cached:
+        cached = None  # a reset trial's entry: task 1's model is the same, but keep needs the optimizer state too
     if cached is None:
         initial_val, initial_test = evaluate_all(model, benchmark, masks, compute=first)
     else:
-        initial_val, initial_test, val[0], test[0] = restore_prefix(cached, model, strategy, generator, device)
+        initial_val, initial_test, val[0], test[0] = restore_prefix(cached, model, strategy, generator, device,
+                                                                    carried)
         yield TaskReport(0, T, val.copy(), test.copy(), initial_val, initial_test, 0.0, **spent())
     variants: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
     for t in range(0 if cached is None else 1, T):
@@ -150,7 +166,7 @@ def iter_sequence(
                           compute=first if t == 0 else rest)
         strategy.before_task(ctx)
         report = partial(epoch_report, ctx, task_started) if epoch_reports else None
-        reason = yield from _fit_task(model, strategy, ctx, config, masks, progress, report)
+        reason = yield from _fit_task(model, strategy, ctx, config, masks, progress, report, carried)
         if reason:
             set_frozen(model, 0)
             return SequenceResult(val, test, initial_val, initial_test, status="diverged", reason=reason,
@@ -159,7 +175,7 @@ def iter_sequence(
         val[t], test[t] = evaluate_all(model, benchmark, masks, models=[strategy.eval_model(ctx, i) for i in range(T)],
                                        compute=ctx.compute)
         if t == 0 and prefix is not None:
-            prefix.save(prefix_state(model, strategy, generator, initial_val, initial_test, val[0], test[0]))
+            prefix.save(prefix_state(model, strategy, generator, initial_val, initial_test, val[0], test[0], carried))
         variants = _evaluate_variants(model, strategy, ctx, masks) if t == T - 1 else []
         yield TaskReport(t, T, val.copy(), test.copy(), initial_val, initial_test, time.perf_counter() - task_started,
                          **spent())
@@ -190,23 +206,28 @@ def _evaluate_variants(model: LayeredModel, strategy: Strategy, ctx: TaskContext
 def _fit_task(
     model: LayeredModel, strategy: Strategy, ctx: TaskContext, config: TrainConfig, masks: Tensor | None,
     progress: Callable[[int, int, int], None] | None, epoch_report: Callable[[int], EpochReport | None] | None,
+    carried: OptimizerState | None = None,
 ) -> Generator[EpochReport, None, str]:
-    """Train task ``ctx.task_index``, or load the source task's ``pretrained`` weights; return why the
-    run diverged, or ""."""
+    """Train task ``ctx.task_index``, or load the source task's ``pretrained`` weights (no optimizer state: with
+    ``keep``, task 2 then starts fresh); return why the run diverged, or ""."""
     t = ctx.task_index
     if t == 0 and config.pretrained is not None:
         load_weights(model, config.pretrained)  # the source task: trained elsewhere, evaluated here
         return ""
     lr = config.lr if t == 0 or config.finetune_lr is None else config.finetune_lr
-    diverged = yield from _train_task(model, strategy, ctx, config, masks, lr, progress, epoch_report)
+    diverged = yield from _train_task(model, strategy, ctx, config, masks, lr, progress, epoch_report, carried)
     return f"loss became {diverged} on task {t + 1} (lr={lr:g})" if diverged else ""
 
 
 def _train_task(
     model: LayeredModel, strategy: Strategy, ctx: TaskContext, config: TrainConfig, masks: Tensor | None, lr: float,
     progress: Callable[[int, int, int], None] | None, epoch_report: Callable[[int], EpochReport | None] | None,
+    carried: OptimizerState | None = None,
 ) -> Generator[EpochReport, None, str]:
     """Train one task, phase after phase; return "" or, if the loss stopped being finite, "nan"/"inf".
+
+    Each phase builds a fresh optimizer; with ``carried`` (``optimizer_state: keep``) the phases of tasks 2..T
+    start from the state each parameter last had, and every phase's final state is kept for the next.
 
     Yields ``epoch_report(epoch)`` after each epoch when given. Every hook the strategy answers
     once per task is asked by :func:`prepare_task`, before the first step; a step asks only the per-step ones.
@@ -220,6 +241,8 @@ def _train_task(
         for index, (phase, epochs) in enumerate(run.plan):
             trainable = run.params if phase.trainable is None else phase_parameters(run.params, phase.trainable(model))
             optimizer = PhaseOptimizer(task_optimizer(model, trainable, lr, config, t))  # fresh per task and phase
+            if carried is not None and t > 0:
+                carried.load_into(optimizer.optimizer)
             watch = run.stop if index == len(run.plan) - 1 else None  # early stopping judges the task's last phase
             for _ in range(epochs):
                 order = torch.randperm(n, generator=ctx.generator).to(ctx.device, non_blocking=True)
@@ -240,6 +263,8 @@ def _train_task(
                 epoch += 1
                 if stopping:
                     break
+            if carried is not None:
+                carried.save_from(optimizer.optimizer)
             if trainable is not run.params:
                 for p in run.params:
                     p.requires_grad_(True)
@@ -304,6 +329,7 @@ def _train_step(run: TaskRun, optimizer: PhaseOptimizer, idx: Tensor, step: int)
         aux_optimizer.zero_grad(set_to_none=True)
         aux_loss.backward()
         aux_optimizer.step()
+        ctx.compute.optimizer_steps += 1  # the auxiliary's own step; its loss counts the samples it trains on
         run.finite &= torch.isfinite(aux_loss.detach())
     run.finite &= torch.isfinite(loss.detach())
     return loss

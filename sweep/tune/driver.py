@@ -9,6 +9,7 @@ left "running" really ended, so the two never disagree and no trial is recorded 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -32,9 +33,16 @@ from sweep.results.store import (
 )
 from sweep.strategies.registry import check_frozen_layers
 from sweep.tune.interrupts import deferred
-from sweep.tune.options import SweepOptions, base_config, study_name, validate_options
+from sweep.tune.options import (
+    SweepOptions,
+    base_config,
+    check_protocol,
+    protocol_meta,
+    study_name,
+    validate_options,
+)
 from sweep.tune.prefix_cache import WEIGHT_FILES, file_digest
-from sweep.tune.pruning import SuccessiveHalving, tune_scheduler
+from sweep.tune.pruning import DEFAULT_NOISE, SuccessiveHalving, tune_scheduler
 from sweep.tune.ray_session import check_resources, init_ray, starts_own_ray
 from sweep.tune.search_space import SearchSpace, load_space, space_path
 from sweep.tune.searcher import optuna_searcher
@@ -80,8 +88,17 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     meta = _study_meta(o, space, base, study)
     exists = _check_study_dir(o, study_dir, meta)
     check_writable(results_dir)
-    benchmark = _check_inputs(o, space, base)
+    benchmark = first_tasks(_check_inputs(o, space, base), o)
     return _start(o, space, base, study, study_dir, meta, exists, benchmark)
+
+
+def first_tasks(benchmark: Benchmark, o: SweepOptions) -> Benchmark:
+    """The tasks the study's trials run: all of them, or the first K with ``--protocol first-tasks K``."""
+    if o.protocol == "end":
+        return benchmark
+    check_protocol(o.protocol, o.protocol_tasks, benchmark.num_tasks)
+    assert o.protocol_tasks is not None
+    return dataclasses.replace(benchmark, tasks=benchmark.tasks[: o.protocol_tasks])
 
 
 def _set_ray_environment() -> None:
@@ -100,7 +117,8 @@ def _study_meta(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study
             "space_sha256": hashlib.sha256(Path(space.path).read_bytes()).hexdigest(),
             "base_config": base, "seeds": list(range(o.seeds)), "objective": o.objective,
             "min_plasticity": o.min_plasticity, "sampler": o.sampler,
-            "prune": {"eta": o.prune_eta, "grace": o.prune_grace} if o.prune else None,
+            "prune": {"eta": o.prune_eta, "grace": o.prune_grace, "noise": o.prune_noise} if o.prune else None,
+            "protocol": protocol_meta(o),  # first-tasks K: the trials ran on the first K tasks only
             # the checkpoints' contents, not only their paths: a file replaced since is refused on --resume
             "weights_sha256": {key: file_digest(base[key]) for key in WEIGHT_FILES if base.get(key)},
             # the table's defaults when the study started: what a field the base config and a trial's
@@ -298,7 +316,7 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
         scheduler: dict[str, Any] = {}
         if o.prune:  # only the search's trials: the references always finish
             _warn_without_rungs(o, base, num_tasks)
-            sink.halving = resumed_halving(store, o.prune_eta)
+            sink.halving = resumed_halving(store, o.prune_eta, o.prune_noise)
             scheduler = {"scheduler": tune_scheduler(sink.halving)}
         fit("search", setup, tune_config=tune.TuneConfig(
             search_alg=searcher, num_samples=remaining, reuse_actors=True,
@@ -306,10 +324,10 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     return count_trials(study_dir, o.trials + len(("naive", "joint")) * o.references)
 
 
-def resumed_halving(store: StudyStore, eta: float) -> SuccessiveHalving:
+def resumed_halving(store: StudyStore, eta: float, noise: float = DEFAULT_NOISE) -> SuccessiveHalving:
     """The scheduler of a --prune search, holding what the study's recorded search trials reported at each
     rung: a resumed sweep judges its new trials against them as the killed one would have."""
-    halving = SuccessiveHalving(eta)
+    halving = SuccessiveHalving(eta, noise)
     search = {row["trial_id"] for row in store.trials if row["role"] == "search"}
     for row in store.rungs:
         if row["trial_id"] in search and row["val_stability_mean"] is not None:

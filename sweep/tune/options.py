@@ -14,17 +14,22 @@ from sweep.config import TrainConfig
 from sweep.errors import ConfigError, did_you_mean
 from sweep.hparams import BY_NAME, DEFAULTS, HYPERPARAMETER, MAX_SEED
 from sweep.reading import check_regular
+from sweep.strategies.registry import parse_strategy
 from sweep.tune.ray_session import MAX_NICENESS, address_host_port, cluster_address
-from sweep.tune.search_space import SearchSpace, check_active
+from sweep.tune.search_space import SearchSpace, check_active, check_space_settings
 from sweep.tune.trackers import trackers
 
 SAMPLERS = ("tpe", "nsga2", "random")  # sweep.tune.searcher.build_sampler builds each
 OBJECTIVE_MODES = ("pareto", "constrained")
+# when hyperparameters are selected (Lee et al. 2024): end: on the whole sequence's validation data;
+# first-tasks K: on the first K tasks' only, what a practitioner has when task K+1 arrives
+PROTOCOLS = ("end", "first-tasks")
 MAX_SEEDS = 1000  # every trial trains once per seed; a thousand is already weeks of compute
 MAX_TRIALS = 1_000_000
 MIN_RESOURCE = 1e-4  # Ray counts CPUs and GPUs in steps of 0.0001: less is no share at all
 MAX_ETA = 100.0  # at eta 100 only the front of a rung goes on
 MAX_GRACE = 100_000  # epochs
+MAX_NOISE = 10.0  # stds over seeds: beyond a few, nothing at a rung is ever stopped
 MAX_STUDY_NAME = 128  # characters; a folder name may hold 255 bytes on most filesystems
 
 
@@ -49,11 +54,17 @@ class SweepOptions:
     objective: str = "pareto"  # pareto: (stability, plasticity); constrained: max stability s.t. plasticity
     min_plasticity: float = 0.95  # constrained mode: plasticity >= this fraction of naive's
     sampler_seed: int = 0
+    # the selection protocol: "end", or "first-tasks" with protocol_tasks = K (2 <= K < the sequence's tasks):
+    # every trial of the study then trains and is judged on the first K tasks only
+    protocol: str = "end"
+    protocol_tasks: int | None = None
     # stop trials dominated at a rung (sweep.tune.pruning): the top 1/prune_eta of the trials at a rung go on,
-    # none is stopped before prune_grace epochs past task 1
+    # none is stopped before prune_grace epochs past task 1; its values count prune_noise stds over seeds better
+    # when it is judged on the rung's front
     prune: bool = False
     prune_eta: float = 3.0
     prune_grace: int = 1
+    prune_noise: float = 0.5
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractional: 0.25 puts four trials on one GPU
     max_concurrent: int | None = None  # None: as many as the resources allow
@@ -108,12 +119,18 @@ def validate_options(o: SweepOptions) -> None:
     if o.objective not in OBJECTIVE_MODES:
         raise ConfigError(f"--objective {o.objective!r} is unknown; allowed: {', '.join(OBJECTIVE_MODES)}"
                           f"{did_you_mean(o.objective, OBJECTIVE_MODES)}")
+    check_protocol(o.protocol, o.protocol_tasks)
     if not _number(o.prune_eta) or not 1.0 < o.prune_eta <= MAX_ETA:
         raise ConfigError(f"--prune-eta must be a number in (1, {MAX_ETA:g}] (the top 1/eta of a rung go on), "
                           f"got {o.prune_eta!r}")
     _check_int("--prune-grace", o.prune_grace, 1, MAX_GRACE)
-    if not o.prune and (o.prune_eta != SweepOptions.prune_eta or o.prune_grace != SweepOptions.prune_grace):
-        raise ConfigError("--prune-eta and --prune-grace set how --prune stops trials; pass --prune as well")
+    if not _number(o.prune_noise) or not 0.0 <= o.prune_noise <= MAX_NOISE:
+        raise ConfigError(f"--prune-noise must be a number of stds over seeds in [0, {MAX_NOISE:g}], "
+                          f"got {o.prune_noise!r}")
+    if not o.prune and (o.prune_eta != SweepOptions.prune_eta or o.prune_grace != SweepOptions.prune_grace
+                        or o.prune_noise != SweepOptions.prune_noise):
+        raise ConfigError("--prune-eta, --prune-grace and --prune-noise set how --prune stops trials; "
+                          "pass --prune as well")
     if not _number(o.min_plasticity) or not 0.0 < o.min_plasticity <= 1.0:
         raise ConfigError(f"--min-plasticity must be in (0, 1], got {o.min_plasticity}")
     _check_resource("--cpus-per-trial", o.cpus_per_trial, zero=False)
@@ -134,6 +151,29 @@ def validate_options(o: SweepOptions) -> None:
         path = getattr(o, key) or o.extra.get(key)
         if isinstance(path, (str, os.PathLike)) and str(path).strip():
             check_regular(Path(path).expanduser(), f"{BY_NAME[key].flag} file", "checkpoint", ConfigError)
+
+
+def check_protocol(protocol: str, tasks: int | None, num_tasks: int | None = None) -> None:
+    """``--protocol end`` or ``--protocol first-tasks K``: K an integer from 2 (stability needs an old task)
+    to the sequence's tasks minus 1 (``num_tasks``, once the benchmark is known)."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol {protocol!r} is unknown; allowed: end, or first-tasks K"
+                          f"{did_you_mean(protocol, PROTOCOLS)}")
+    if protocol == "end":
+        if tasks is not None:
+            raise ConfigError(f"--protocol end takes no number of tasks, got {tasks!r}")
+        return
+    if not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 2:
+        raise ConfigError(f"--protocol first-tasks K: K must be an integer >= 2 (stability needs an old task), "
+                          f"got {tasks!r}")
+    if num_tasks is not None and tasks >= num_tasks:
+        raise ConfigError(f"--protocol first-tasks {tasks}: K must be below the sequence's {num_tasks} tasks "
+                          f"(K = {num_tasks} is --protocol end)")
+
+
+def protocol_meta(o: SweepOptions) -> dict[str, Any] | None:
+    """What study.json records of the protocol: None for end (what a study from before it recorded means)."""
+    return None if o.protocol == "end" else {"name": o.protocol, "tasks": o.protocol_tasks}
 
 
 def check_storage(storage: str) -> None:
@@ -205,8 +245,11 @@ def base_config(o: SweepOptions, space: SearchSpace) -> dict[str, Any]:
             raise ConfigError(f"{row.flag}: {name} is not a parameter of strategy {space.strategy!r}; "
                               f"allowed: {', '.join(space.allowed_params())}")
     overridden = {**o.extra, **({"epochs": o.epochs} if o.epochs is not None else {})}
-    check_active(space.params, {**space.fixed, **overridden}, space.path,
-                 {name: BY_NAME[name].flag for name in overridden if name in BY_NAME})
+    flags = {name: BY_NAME[name].flag for name in overridden if name in BY_NAME}
+    check_active(space.params, {**space.fixed, **overridden}, space.path, flags)
+    # settings that break a component (adapter+ewc per-task), from the space or from a flag of this run
+    check_space_settings(parse_strategy(space.strategy), space.params, {**space.fixed, **overridden}, space.path,
+                         flags)
     values: dict[str, Any] = {
         "benchmark": o.benchmark, "scenario": o.scenario, "num_tasks": o.num_tasks, "model": o.model,
         # absolute: trials run elsewhere

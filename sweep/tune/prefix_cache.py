@@ -1,6 +1,7 @@
 """Task-prefix reuse: trials that agree on everything that decides the state after task 1
 share one computation of it (the task-1 model, its evaluations, the strategy's state such as
-the Fisher, and the random generator's state).
+the Fisher, the random generator's state and, for ``optimizer_state: keep``, the optimizer's state; an
+entry a ``reset`` trial wrote lacks it, so a ``keep`` trial computes task 1 again and writes it whole).
 
 The key is a hash of every config field *except* those the hyperparameter table marks as acting
 from task 2 on (``first_task == 2`` in :mod:`sweep.hparams`: EWC's λ, distillation's T and α,
@@ -39,8 +40,9 @@ def prefix_free_fields(strategy_spec: str) -> set[str]:
 
 
 # bumped whenever the trainer's arithmetic changes, so a study's old entries are not reused by code
-# that would compute another task-1 model (2: fused Adam)
-TRAINER_NUMERICS = 2
+# that would compute another task-1 model or entry (2: fused Adam; 3: optimizer_state keep stores the optimizer's
+# state in the entry)
+TRAINER_NUMERICS = 3
 
 
 def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:

@@ -23,13 +23,14 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 from sweep.config import TrainConfig, read_yaml
 from sweep.errors import ConfigError
 from sweep.hparams import BY_NAME, GENERAL_PARAMS, SETTING, SPACE_SETTINGS, SWEEP_LEVEL
-from sweep.strategies.registry import parse_strategy, strategy_params
+from sweep.strategies.registry import check_settings, parse_strategy, strategy_params
 
 __all__ = ["GENERAL_PARAMS", "SWEEP_LEVEL"]  # from the table; importable from here as before
 TOP_KEYS = ("strategy", "description", "fixed", "params")
@@ -124,10 +125,37 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
         if name in fixed:
             raise ConfigError(f"{where}: {name} is both fixed and searched; keep one")
     check_active(params, fixed, where)
+    check_space_settings(parse_strategy(strategy), params, fixed, where)
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}: description must be a string")
     return SearchSpace(strategy, where, description, dict(fixed), params)
+
+
+def check_space_settings(names: tuple[str, ...], params: tuple[Param, ...], fixed: Mapping[str, Any], where: str,
+                         labels: Mapping[str, str] | None = None) -> None:
+    """Refuse a space in which some trial could draw settings that break a component (``check_settings``):
+    ``adapter+ewc`` searching ``adapter_mode`` over ``per-task`` too. Each value a trial can take is tried:
+    a searched parameter's choices or both ends of its range, else the fixed value or the default.
+    ``labels``: how a fixed value was given when not by the space (``--adapter-mode`` for a flag of ``sweep run``)."""
+    searched = {p.name: p for p in params}
+
+    def values(name: str) -> list[tuple[Any, str]]:
+        p = searched.get(name)
+        if p is None:
+            if name in fixed:
+                return [(fixed[name], (labels or {}).get(name, f"fixed.{name}"))]
+            return [(BY_NAME[name].default, "its default")]
+        drawn = list(p.choices) if p.kind == "categorical" else [p.low, p.high]
+        return [(value, f"params.{name} can draw it") for value in drawn]
+
+    try:
+        for (mode, mode_from), (patience, patience_from) in product(values("adapter_mode"),
+                                                                    values("early_stop_patience")):
+            check_settings(names, mode, int(patience),
+                           {"adapter_mode": mode_from, "early_stop_patience": patience_from})
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def check_active(params: tuple[Param, ...], fixed: Mapping[str, Any], where: str,

@@ -15,6 +15,7 @@ from sweep.results.schema import (
     COMPUTE_COLUMNS,
     DERIVED_COLUMN,
     HYPERPARAMETERS,
+    IMPORTANCE_COLUMNS,
     MACHINE_FIELDS,
     METRICS,
     SPLITS,
@@ -150,6 +151,8 @@ class ResultSink:
                         **{f"partial_val_{m}_{st}": result.get(f"val_{m}_{st}") for m in ("stability", "plasticity")
                            for st in ("mean", "std")}})
         row.update({name: result.get(name) for name in COMPUTE_COLUMNS})
+        row.update({name: result.get(name) for name in IMPORTANCE_COLUMNS})
+        row["trainable_params"] = result.get("trainable_params")  # the adapter strategy's count; null otherwise
         row.update({"fisher_mean": result.get("fisher_mean"), "fisher_trace": result.get("fisher_trace"),
                     "duration_s": result.get("duration_s"), "node": result.get("node")})
         accuracy = self._accuracy(trial_id, result.get("accuracy"))

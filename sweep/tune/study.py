@@ -10,10 +10,12 @@ from typing import Any
 
 from sweep.atomic import atomic_write
 from sweep.errors import ConfigError
+from sweep.hparams import BY_NAME
 from sweep.reading import read_regular
 from sweep.results.cleaning import make_storage_folder, read_json_record, study_writes
 from sweep.results.schema import STUDY_FILE
 from sweep.results.store import STUDY_FOLDERS, TRACKERS_FOLDER
+from sweep.strategies.specs import LEGACY_VALUES
 
 
 def check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
@@ -27,9 +29,14 @@ def check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
     # the sampler too, when the study recorded one: else the trials to come are another sampler's than it says
     # and pruning: the trials to come stop where the study's did (a study from before it recorded none)
     optional = tuple(key for key in ("sampler", "prune") if key in old and key in meta)
-    for key in ("strategy", "base_config", "seeds", "objective", "space_sha256", *optional):
-        if old.get(key) != json.loads(json.dumps(meta[key])):
-            raise ConfigError(f"--resume: {resume_difference(key, old.get(key), json.loads(json.dumps(meta[key])))}; "
+    if isinstance(old.get("prune"), dict) and "noise" not in old["prune"]:  # pruned before --prune-noise: 0
+        old["prune"] = {**old["prune"], "noise": 0.0}
+    _legacy_values(old)
+    # the protocol: a study from before it recorded none selected at the end of the sequence (None, as "end")
+    for key in ("strategy", "base_config", "seeds", "objective", "space_sha256", "protocol", *optional):
+        now = json.loads(json.dumps(meta.get(key)))  # get: a meta without a protocol is "end"
+        if old.get(key) != now:
+            raise ConfigError(f"--resume: {resume_difference(key, old.get(key), now)}; "
                               "resume with the same settings or start another --study")
     recorded = old.get("weights_sha256", {})  # absent in studies made before it was recorded
     if not isinstance(recorded, dict):
@@ -39,6 +46,20 @@ def check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
             raise ConfigError(f"--resume: the {name} file {meta['base_config'].get(name)} has changed since the "
                               "study started (its sha256 differs); restore it or start another --study")
     _resume_writes(study_dir, old, meta)
+
+
+def _legacy_values(old: dict[str, Any]) -> None:
+    """A study made before a field of :data:`LEGACY_VALUES` existed ran its trials with the field's legacy value,
+    not today's default: its base config reads as having fixed it, so a resume must fix it too (the message
+    names it) and its new trials mean what its old ones did."""
+    base, defaults = old.get("base_config"), old.get("defaults")
+    if not isinstance(base, dict):
+        return
+    components = set(str(old.get("strategy", "")).split("+"))
+    for name, value in LEGACY_VALUES.items():
+        if name not in (defaults if isinstance(defaults, dict) else {}) and name not in base \
+                and BY_NAME[name].owner in components:
+            old["base_config"] = base = {**base, name: value}
 
 
 # --- where a study writes besides its results: recorded in study.json when it starts (sweep clean's list)

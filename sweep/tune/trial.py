@@ -284,7 +284,9 @@ def _seed_runs(
     for seed in seeds:
         seeded = config.replace(seed=seed)
         model, strategy = build_run(seeded, benchmark)
-        prefix = PrefixCache(prefix_dir, prefix_key(seeded, benchmark)) if prefix_dir else None
+        # a strategy whose state after task 1 must stay in memory (genreplay's generator) trains task 1 itself
+        cached = prefix_dir if prefix_dir and strategy.prefix_cacheable else None
+        prefix = PrefixCache(cached, prefix_key(seeded, benchmark)) if cached else None
         runs.append(iter_sequence(benchmark, model, strategy, seeded, device=device, prefix=prefix,
                                   epoch_reports=rungs.reports_after if rungs is not None else False))
     return runs
