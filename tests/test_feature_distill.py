@@ -63,7 +63,8 @@ def test_weight_zero_is_output_distillation_exactly(scenario: str, digits):
     assert strategy.feature_layers(1) == ()  # no hooks on the model at all
     torch.manual_seed(config.seed)
     reference_model = build_model(config.model, benchmark.input_shape, benchmark.num_classes, config.hidden)
-    reference = train_sequence(benchmark, reference_model, OutputDistill(distill_variant="old-classes", distill_temperature=3.0, distill_alpha=0.3), config)
+    reference_strategy = OutputDistill(distill_variant="old-classes", distill_temperature=3.0, distill_alpha=0.3)
+    reference = train_sequence(benchmark, reference_model, reference_strategy, config)
     assert same_run(result, reference)
     for (name, p), q in zip(model.state_dict().items(), reference_model.state_dict().values()):
         assert torch.equal(p, q), name
