@@ -47,9 +47,9 @@ def test_space_file_matches_its_strategy(path: Path):
     for name in space.strategy.split("+"):
         for knob in strategy_fields(name):
             if knob in ("ewc_mode", "ewc_gamma", "fisher_samples", "fisher", "replay_ratio", "feature_distill_layers",
-                        "interp_last_alpha"):
+                        "interp_last_alpha", "distill_variant", "distill_weighting", "mas_samples"):
                 # secondary knobs may keep their defaults (the layers are inert at a feature weight of 0; the
-                # last task's α is the free grid's)
+                # last task's α is the free grid's; LwF's variant and weighting are the documented defaults)
                 continue
             assert knob in {p.name for p in space.params} | set(space.fixed), f"{knob} not in {path.name}"
 
