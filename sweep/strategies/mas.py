@@ -35,7 +35,7 @@ from torch.func import functional_call, grad, vmap
 
 from sweep.data.tasks import to_float
 from sweep.hparams import DEFAULTS
-from sweep.strategies.base import NO_FEATURES, Batch, Features, TaskContext
+from sweep.strategies.base import TaskContext
 from sweep.strategies.fisher import ACTIVATION_BUDGET, MAX_CHUNK, MAX_PER_SAMPLE_ELEMENTS, estimating
 from sweep.strategies.per_sample import capture, intact, rule_layers
 from sweep.strategies.si import ImportancePenalty, importance_stats
@@ -65,19 +65,11 @@ class MAS(ImportancePenalty):
         columns = None if masks is None else masks[ctx.task_index].nonzero().flatten()
         importance = mas_importance(ctx.model, x, columns)
         ctx.compute.fisher_samples += n
-        for name, value in importance.items():
-            self.omega[name] = self.omega[name] + value if name in self.omega else value
-        self.anchor = {name: p.detach().clone() for name, p in ctx.model.named_parameters()}
-        self.tasks += 1
+        self.consolidate(importance, ctx.model)
 
-    def penalty(
-        self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
-    ) -> Tensor | None:
-        return self.model_penalty(ctx.model)
-
-    def model_penalty(self, model: nn.Module) -> Tensor | None:
-        """λ · Σ Ω (θ − θ*)² at ``model``'s weights; None before any task (or with λ = 0)."""
-        return self.importance_penalty(model, self.mas_lambda)
+    @property
+    def strength(self) -> float:
+        return self.mas_lambda
 
     def stats(self) -> dict[str, float]:
         return importance_stats("mas", self.omega)

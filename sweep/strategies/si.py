@@ -53,12 +53,30 @@ class ImportancePenalty(Strategy):
         self.anchor: dict[str, Tensor] = {}  # θ*: the weights after the latest task
         self.tasks = 0
 
-    def importance_penalty(self, model: nn.Module, strength: float) -> Tensor | None:
+    @property
+    def strength(self) -> float:
+        """The penalty's strength: SI's c, MAS's λ."""
+        raise NotImplementedError
+
+    def consolidate(self, importance: dict[str, Tensor], model: nn.Module) -> None:
+        """Add one task's importance (name -> tensor) to Ω and anchor the penalty at ``model``'s weights now."""
+        for name, value in importance.items():
+            self.omega[name] = self.omega[name] + value if name in self.omega else value
+        self.anchor = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.tasks += 1
+
+    def penalty(
+        self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
+    ) -> Tensor | None:
+        return self.model_penalty(ctx.model)
+
+    def model_penalty(self, model: nn.Module) -> Tensor | None:
         """strength · Σ Ω (θ − θ*)² at ``model``'s weights; None before any task (or with strength 0)."""
-        if strength == 0 or not self.omega:
+        if self.strength == 0 or not self.omega:
             return None
         names, params = zip(*model.named_parameters())
-        return strength * quadratic_penalty(params, [self.anchor[n] for n in names], [self.omega[n] for n in names])
+        return self.strength * quadratic_penalty(params, [self.anchor[n] for n in names],
+                                                 [self.omega[n] for n in names])
 
     def state_dict(self) -> dict[str, Tensor | float | int]:
         state: dict[str, Tensor | float | int] = {"tasks": self.tasks}
@@ -109,23 +127,13 @@ class SI(ImportancePenalty):
     def after_task(self, ctx: TaskContext) -> None:
         if not self.path:
             return  # the last task
-        for name, p in ctx.model.named_parameters():
-            theta = p.detach()
-            change = theta - self.start[name]
-            added = self.path[name] / (change.square() + self.si_xi)
-            self.omega[name] = self.omega[name] + added if name in self.omega else added
-            self.anchor[name] = theta.clone()
-        self.tasks += 1
+        self.consolidate({name: self.path[name] / ((p.detach() - self.start[name]).square() + self.si_xi)
+                          for name, p in ctx.model.named_parameters()}, ctx.model)
         self.path, self.start, self.previous = {}, {}, {}
 
-    def penalty(
-        self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
-    ) -> Tensor | None:
-        return self.model_penalty(ctx.model)
-
-    def model_penalty(self, model: nn.Module) -> Tensor | None:
-        """c · Σ Ω (θ − θ*)² at ``model``'s weights; None before any task (or with c = 0)."""
-        return self.importance_penalty(model, self.si_c)
+    @property
+    def strength(self) -> float:
+        return self.si_c
 
     def stats(self) -> dict[str, float]:
         return importance_stats("si", self.omega)
