@@ -175,6 +175,26 @@ def test_compute_is_counted_exactly_per_step_sample_and_evaluation():
     assert [r.compute.optimizer_steps for r in task_reports] == list(np.cumsum([0, *steps[1:]]))
 
 
+def test_targets_made_by_a_teacher_or_a_generator_are_counted_as_forward_samples():
+    from sweep.train.trainer import run_config
+
+    benchmark = build_benchmark("split-digits", "class", 5, None, None, 0.1)
+    n = [len(t.train) for t in benchmark.tasks]
+    naive = run_config(_config(scenario="class", num_tasks=5, epochs=1), benchmark).compute
+    assert naive.forward_samples == 0
+    # distillation: the teacher passes every training sample of tasks 2..5 forward once
+    distill = run_config(_config(scenario="class", num_tasks=5, epochs=1, strategy="distill"), benchmark).compute
+    assert distill.forward_samples == sum(n[1:])
+    assert distill.samples == naive.samples + sum(n[1:])
+    # generative replay at ratio 0.5: a generated sample beside each real one, made by the previous decoder and
+    # labelled by the previous classifier (two forward passes); the generator's extra epochs after tasks 2..4
+    # replay beside each real sample (the decoder only)
+    config = _config(scenario="class", num_tasks=5, epochs=1, strategy="genreplay", genreplay_epochs=1,
+                     genreplay_ratio=0.5)
+    genreplay = run_config(config, benchmark).compute
+    assert genreplay.forward_samples == 2 * sum(n[1:]) + sum(n[1:-1])
+
+
 def test_a_trial_reports_every_rung_with_both_objectives_compute_and_the_rows_it_finished():
     config = _config(num_tasks=5, epochs=3, strategy="ewc")
     benchmark = build_benchmark("split-digits", "task", 5, None, None, config.val_fraction)

@@ -44,7 +44,7 @@ PRUNED_COLUMNS = (
 # the work a trial did, counted exactly and summed over its seeds (sweep.strategies.base.Compute): from
 # task 2 on, by kind and in total (samples through the model), and task 1's apart (0: from the prefix cache)
 COMPUTE_COLUMNS = ("optimizer_steps", "train_samples", "fisher_samples", "eval_passes", "eval_samples",
-                   "compute_samples", "task1_samples")
+                   "compute_samples", "task1_samples", "forward_samples")
 # a free variant of a trained trial's final model (interpolation's α grid: sweep.strategies.interp) is a row of
 # its own, id "<trial>-a<α>", its values in its hp_ columns, no compute of its own; null for a trained trial
 DERIVED_COLUMN = "derived_from"

@@ -52,10 +52,11 @@ class Compute:
     fisher_samples: int = 0  # forward and backward, in Fisher estimates (EWC)
     eval_passes: int = 0  # one model on one split of one task
     eval_samples: int = 0  # forward only
+    forward_samples: int = 0  # forward only, to make training targets: a teacher's, a generator's
 
     @property
     def samples(self) -> int:
-        return self.train_samples + self.fisher_samples + self.eval_samples
+        return self.train_samples + self.fisher_samples + self.eval_samples + self.forward_samples
 
     def add(self, other: Compute) -> None:
         for name, value in asdict(other).items():
@@ -78,6 +79,9 @@ class TaskContext:
     generator: torch.Generator  # CPU generator, seeded per run: strategies draw randomness from it
     logits: Callable[[Tensor, Tensor | None], Tensor]  # (x float, task_ids) -> masked (B, classes)
     compute: Compute = field(default_factory=Compute)  # this task's work: a strategy adds what it runs itself
+    # True in the trainer: a penalty on the weights alone goes into .grad by penalty_grad, and penalty leaves it
+    # out; False (a hand-written loop, a test): penalty returns the whole term, differentiable
+    penalty_grads: bool = False
 
     @property
     def task(self) -> Task:
@@ -183,6 +187,12 @@ class Strategy:
         """A term added to the loss; ``raw_logits`` are the model's unmasked (B, classes) outputs and
         ``features`` the outputs of the :meth:`feature_layers` in the same forward pass."""
         return None
+
+    def penalty_grad(self, ctx: TaskContext) -> None:
+        """After the backward pass, before the step, when ``ctx.penalty_grads``: add to the parameters' ``.grad``,
+        in place, the gradient of a term on the weights alone that :meth:`penalty` then leaves out (EWC's, SI's,
+        MAS's and L2-SP's quadratics: the trainer never needs their value, and the gradient alone is a fraction
+        of the work; bit for bit the gradient autograd would give)."""
 
     def after_step(self, ctx: TaskContext, batch: Batch) -> None:
         """Called after every optimizer step, the step's gradients still in ``.grad`` (SI's path integral)."""

@@ -107,6 +107,7 @@ class Distill(Strategy):
             return None
         with torch.no_grad():
             taught, teacher_features = teacher_outputs(teacher, batch.x, self.layers if by_features else ())
+        ctx.compute.forward_samples += len(batch.x)
         total = None
         if weight != 0.0:
             if self.variant == "old-classes":

@@ -95,16 +95,17 @@ class GenReplay(Strategy):
         """Generated samples beside ``real`` ones: they make up a share r of the batch."""
         return int(real * self.ratio / (1.0 - self.ratio) + 0.5)
 
-    def _replay(self, count: int, device: torch.device) -> Tensor | None:
+    def _replay(self, ctx: TaskContext, count: int) -> Tensor | None:
         if self.previous_vae is None or count == 0:
             return None
         assert self.random is not None
-        return self.previous_vae.sample(count, self.random, device)
+        ctx.compute.forward_samples += count  # the previous generator's decoder makes them
+        return self.previous_vae.sample(count, self.random, ctx.device)
 
     def penalty(
         self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
     ) -> Tensor | None:
-        self.replayed = x = self._replay(self._count(len(batch.y)), ctx.device)
+        self.replayed = x = self._replay(ctx, self._count(len(batch.y)))
         if x is None or self.teacher is None:
             return None
         if self.masks is not None:  # task-incremental: each sample answers one past task, drawn uniformly
@@ -116,7 +117,8 @@ class GenReplay(Strategy):
             taught, answered = self.known, self.answered
         with torch.no_grad():
             target = self.teacher(x)
-        ctx.compute.train_samples += len(x)
+        ctx.compute.train_samples += len(x)  # the classifier's forward and backward on them
+        ctx.compute.forward_samples += len(x)  # the previous classifier labels them
         return self._replay_weight(ctx.task_index) * soft_target_loss(target, ctx.model(x), taught, answered,
                                                                       self.temperature)
 
@@ -160,7 +162,7 @@ class GenReplay(Strategy):
             order = torch.randperm(len(split), generator=self.random).to(ctx.device)
             for start in range(0, len(split), ctx.batch_size):
                 x = to_float(split.x[order[start: start + ctx.batch_size]])
-                replayed = self._replay(self._count(len(x)), ctx.device)
+                replayed = self._replay(ctx, self._count(len(x)))
                 loss = self._vae_loss(ctx, x if replayed is None else torch.cat([x, replayed]))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

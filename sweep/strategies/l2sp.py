@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from sweep.hparams import DEFAULTS
 from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext, tensors_under
-from sweep.strategies.ewc import quadratic_penalty
+from sweep.strategies.ewc import add_quadratic_grad, by_grad, quadratic_penalty
 
 
 class L2SP(Strategy):
@@ -26,7 +26,13 @@ class L2SP(Strategy):
     def penalty(
         self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
     ) -> Tensor | None:
-        return self.model_penalty(ctx.model)
+        return None if by_grad(ctx) else self.model_penalty(ctx.model)
+
+    def penalty_grad(self, ctx: TaskContext) -> None:
+        if self.l2sp_lambda == 0 or not self.anchor or not by_grad(ctx):
+            return
+        names, params = zip(*ctx.model.named_parameters())
+        add_quadratic_grad(params, [self.anchor[n] for n in names], None, 2 * (0.5 * self.l2sp_lambda))
 
     def model_penalty(self, model: nn.Module) -> Tensor | None:
         """λ/2 · ||θ − θ*||² at ``model``'s weights; None without an anchor (or with λ = 0)."""

@@ -128,6 +128,10 @@ class Composite(Strategy):
                 total = term if total is None else total + term
         return total
 
+    def penalty_grad(self, ctx: TaskContext) -> None:
+        for part in self.parts:
+            part.penalty_grad(ctx)
+
     def after_step(self, ctx: TaskContext, batch: Batch) -> None:
         for part in self.parts:
             part.after_step(ctx, batch)

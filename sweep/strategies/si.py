@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from sweep.hparams import DEFAULTS
 from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext, tensors_under
-from sweep.strategies.ewc import quadratic_penalty
+from sweep.strategies.ewc import add_quadratic_grad, by_grad, quadratic_penalty
 
 
 def importance_stats(prefix: str, importance: dict[str, Tensor]) -> dict[str, float]:
@@ -68,7 +68,13 @@ class ImportancePenalty(Strategy):
     def penalty(
         self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
     ) -> Tensor | None:
-        return self.model_penalty(ctx.model)
+        return None if by_grad(ctx) else self.model_penalty(ctx.model)
+
+    def penalty_grad(self, ctx: TaskContext) -> None:
+        if self.strength == 0 or not self.omega or not by_grad(ctx):
+            return
+        names, params = zip(*ctx.model.named_parameters())
+        add_quadratic_grad(params, [self.anchor[n] for n in names], [self.omega[n] for n in names], 2 * self.strength)
 
     def model_penalty(self, model: nn.Module) -> Tensor | None:
         """strength · Σ Ω (θ − θ*)² at ``model``'s weights; None before any task (or with strength 0)."""

@@ -163,7 +163,7 @@ def iter_sequence(
         task_started = time.perf_counter()
         # the task's own counter is the running total: what an epoch report shows includes the task so far
         ctx = TaskContext(t, benchmark, model, device, config.batch_size, generator, logits_fn,
-                          compute=first if t == 0 else rest)
+                          compute=first if t == 0 else rest, penalty_grads=True)
         strategy.before_task(ctx)
         report = partial(epoch_report, ctx, task_started) if epoch_reports else None
         reason = yield from _fit_task(model, strategy, ctx, config, masks, progress, report, carried)
@@ -321,6 +321,7 @@ def _train_step(run: TaskRun, optimizer: PhaseOptimizer, idx: Tensor, step: int)
         loss = loss + penalty
     optimizer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    strategy.penalty_grad(ctx)
     optimizer.optimizer.step()
     strategy.after_step(ctx, batch)
     auxiliary, aux_optimizer = run.auxiliary, run.aux_optimizer

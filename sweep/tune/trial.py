@@ -104,7 +104,8 @@ def _advance(run: Generator[TaskReport | EpochReport, None, SequenceResult]) -> 
         return stop.value
 
 
-COMPUTE_KEYS = ("optimizer_steps", "train_samples", "fisher_samples", "eval_passes", "eval_samples")
+COMPUTE_KEYS = ("optimizer_steps", "train_samples", "fisher_samples", "eval_passes", "eval_samples",
+                "forward_samples")
 
 
 def compute_spent(items: list[Report]) -> dict[str, int]:
