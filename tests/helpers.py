@@ -92,3 +92,20 @@ def evaluate_by_hand(model: Any, bench: Any, masks: Any, t: int, val: Any, test:
                 out = model(to_float(split.x)).masked_fill(~masks[i], torch.finfo(torch.float32).min)
                 matrix[t, i] = (out.argmax(1) == split.y).double().mean().item()
         model.train()
+
+
+def task_context(benchmark: Any, model: Any, task_index: int) -> tuple[Any, Any]:
+    """A strategy's TaskContext on ``task_index`` (CPU, batch 32, a generator of its own, the benchmark's logit
+    masks) and a batch of that task's first 32 training samples: how the strategy tests call one hook by hand."""
+    import torch
+
+    from sweep.data.tasks import to_float
+    from sweep.strategies.base import Batch, TaskContext
+    from sweep.train.trainer import masked_logits
+
+    masks = benchmark.task_masks()
+    ctx = TaskContext(task_index, benchmark, model, torch.device("cpu"), 32, torch.Generator().manual_seed(1),
+                      lambda x, ids: masked_logits(model, x, ids, masks))
+    data = ctx.task_training_data()
+    ids = None if data.task_ids is None else data.task_ids[:32]
+    return ctx, Batch(to_float(data.split.x[:32]), data.split.y[:32], ids)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from sweep.config import TrainConfig
 from sweep.data.benchmarks import build_benchmark
-from sweep.data.tasks import Benchmark, to_float
+from sweep.data.tasks import Benchmark
 from sweep.errors import ConfigError
 from sweep.models import build_model, named_layers
 from sweep.strategies.base import (
@@ -34,12 +34,12 @@ from sweep.train.trainer import (
     build_run,
     iter_sequence,
     load_benchmark,
-    masked_logits,
     train_sequence,
 )
 from sweep.tune.options import SweepOptions, base_config
 from sweep.tune.search_space import DEFAULT_SPACES_DIR, Param, SearchSpace, load_space
 from sweep.tune.trial import run_trial
+from tests.helpers import task_context
 
 CONFIG = TrainConfig(hidden=(32, 32), epochs=2, batch_size=32)  # split-digits: ~650 images per task
 COMBOS = ("ewc+replay+freeze", "distill+replay", "ewc+l2sp")
@@ -64,15 +64,6 @@ def weights(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def context(benchmark: Benchmark, model: nn.Module, task_index: int) -> tuple[TaskContext, Batch]:
-    masks = benchmark.task_masks()
-    ctx = TaskContext(task_index, benchmark, model, torch.device("cpu"), 32, torch.Generator().manual_seed(1),
-                      lambda x, ids: masked_logits(model, x, ids, masks))
-    data = ctx.task_training_data()
-    ids = None if data.task_ids is None else data.task_ids[:32]
-    return ctx, Batch(to_float(data.split.x[:32]), data.split.y[:32], ids)
-
-
 # --- the defaults are no-ops, for every registered strategy ----------------------------------------
 
 
@@ -81,7 +72,7 @@ def test_new_hooks_default_to_no_ops(spec: str, digits):
     model = fresh_model(CONFIG, digits)
     strategy = build_strategy(CONFIG.replace(strategy=spec), len(model.layers()))
     for t in range(digits.num_tasks):
-        ctx, batch = context(digits, model, t)
+        ctx, batch = task_context(digits, model, t)
         strategy.before_task(ctx)
         params = list(model.parameters())
         if "adapter" in spec.split("+") and t > 0:  # the hook adapters exist for: the head, and each adapter's A, B
@@ -112,7 +103,7 @@ def test_new_hooks_default_to_no_ops(spec: str, digits):
 
 def test_the_default_penalty_ignores_features(digits):
     model = fresh_model(CONFIG, digits)
-    ctx, batch = context(digits, model, 0)
+    ctx, batch = task_context(digits, model, 0)
     raw = model(batch.x)
     assert Strategy().penalty(ctx, batch, raw) is None
     assert Strategy().penalty(ctx, batch, raw, {"head": raw}) is None
@@ -325,7 +316,7 @@ class WithAuxiliary(Strategy):
 def test_the_trainer_steps_an_auxiliary_model_and_leaves_the_classifier_as_it_was(digits):
     strategy = WithAuxiliary()
     model = fresh_model(CONFIG, digits)
-    strategy.auxiliary(context(digits, model, 0)[0])  # build it, to see where it starts
+    strategy.auxiliary(task_context(digits, model, 0)[0])  # build it, to see where it starts
     assert strategy.model is not None
     start = weights(strategy.model)
     result = train_sequence(digits, model, strategy, CONFIG)
@@ -495,7 +486,7 @@ class Toy(Strategy):
 
 def test_composite_combines_the_hooks(digits):
     model = fresh_model(CONFIG, digits)
-    ctx, batch = context(digits, model, 1)
+    ctx, batch = task_context(digits, model, 1)
     a = Toy("a", factor=0.5, layers=("head", 0), drop=1, phases=True, evaluates=True, auxiliary=True)
     b = Toy("b", factor=0.25, layers=(0, "hidden.1"), drop=2)
     both = Composite([a, b])
@@ -520,7 +511,7 @@ def test_composite_combines_the_hooks(digits):
 ])
 def test_composite_refuses_two_parts_that_each_define_a_single_valued_hook(hook: str, kwargs: dict, call, digits):
     model = fresh_model(CONFIG, digits)
-    ctx, _ = context(digits, model, 1)
+    ctx, _ = task_context(digits, model, 1)
     both = Composite([Toy("a", **kwargs), Toy("b"), Toy("c", **kwargs)])
     with pytest.raises(ConfigError, match=f"'a\\+b\\+c': a and c each define {hook}; at most one component may"):
         call(both, ctx)

@@ -12,27 +12,19 @@ import torch
 
 from sweep.config import TrainConfig
 from sweep.data.benchmarks import build_benchmark
-from sweep.data.tasks import Benchmark, to_float
+from sweep.data.tasks import Benchmark
 from sweep.errors import ConfigError
 from sweep.hparams import DEFAULTS
 from sweep.models import build_model
 from sweep.strategies.base import Batch, TaskContext
 from sweep.strategies.distill import Distill, vandeven_columns, vandeven_term
-from sweep.train.trainer import masked_logits, run_config
+from sweep.train.trainer import run_config
+from tests.helpers import task_context
 
 
 @pytest.fixture(scope="module")
 def digits5() -> dict[str, Benchmark]:
     return {s: build_benchmark("split-digits", s, 5) for s in ("class", "task", "domain")}
-
-
-def _context(benchmark: Benchmark, model: torch.nn.Module, task_index: int) -> tuple[TaskContext, Batch]:
-    masks = benchmark.task_masks()
-    ctx = TaskContext(task_index, benchmark, model, torch.device("cpu"), 32, torch.Generator().manual_seed(1),
-                      lambda x, ids: masked_logits(model, x, ids, masks))
-    data = ctx.task_training_data()
-    ids = None if data.task_ids is None else data.task_ids[:32]
-    return ctx, Batch(to_float(data.split.x[:32]), data.split.y[:32], ids)
 
 
 def _distill(benchmark: Benchmark, **values: object) -> tuple[Distill, torch.nn.Module, TaskContext, Batch]:
@@ -41,8 +33,8 @@ def _distill(benchmark: Benchmark, **values: object) -> tuple[Distill, torch.nn.
     strategy = Distill.from_config(TrainConfig(strategy="distill", **values))  # type: ignore[arg-type]
     assert isinstance(strategy, Distill)
     model = build_model("mlp", benchmark.input_shape, benchmark.num_classes, (16,))
-    strategy.after_task(_context(benchmark, model, 0)[0])
-    ctx, batch = _context(benchmark, model, 1)
+    strategy.after_task(task_context(benchmark, model, 0)[0])
+    ctx, batch = task_context(benchmark, model, 1)
     return strategy, model, ctx, batch
 
 

@@ -16,15 +16,16 @@ from torch import nn
 
 from sweep.config import TrainConfig
 from sweep.data.benchmarks import build_benchmark
-from sweep.data.tasks import Benchmark, to_float
+from sweep.data.tasks import Benchmark
 from sweep.errors import ConfigError
 from sweep.hparams import BY_NAME, strategy_fields
 from sweep.models import build_model, layer_parameters
-from sweep.strategies.base import Batch, Strategy, TaskContext
+from sweep.strategies.base import Strategy, TaskContext
 from sweep.strategies.ewc import EWC, quadratic_penalty
 from sweep.strategies.registry import STRATEGIES, build_strategy, parse_strategy
 from sweep.strategies.replay import Replay, balanced_quotas
-from sweep.train.trainer import SequenceResult, masked_logits, train_sequence
+from sweep.train.trainer import SequenceResult, train_sequence
+from tests.helpers import task_context
 
 COMBOS = ("ewc+replay+freeze", "distill+replay", "ewc+l2sp", "ewc+lpft", "ewc+distill+freeze")  # last: the mission
 SPECS = (*STRATEGIES, *COMBOS)
@@ -64,16 +65,6 @@ def run(config: TrainConfig, benchmark: Benchmark, **hooks) -> tuple[SequenceRes
     return train_sequence(benchmark, model, strategy, config, **hooks), model, strategy
 
 
-def context(benchmark: Benchmark, model: nn.Module, task_index: int) -> tuple[TaskContext, Batch]:
-    """A context and a batch of ``task_index``'s training data, with a generator of its own."""
-    masks = benchmark.task_masks()
-    ctx = TaskContext(task_index, benchmark, model, torch.device("cpu"), 32, torch.Generator().manual_seed(1),
-                      lambda x, ids: masked_logits(model, x, ids, masks))
-    data = ctx.task_training_data()
-    ids = None if data.task_ids is None else data.task_ids[:32]
-    return ctx, Batch(to_float(data.split.x[:32]), data.split.y[:32], ids)
-
-
 @pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest.mark.parametrize("spec", SPECS)
 def test_strategy_runs_and_its_penalty_has_gradients(spec: str, scenario: str, digits):
@@ -84,7 +75,7 @@ def test_strategy_runs_and_its_penalty_has_gradients(spec: str, scenario: str, d
     def at_end_of_task_2(task_index: int, step: int, total: int) -> None:
         if task_index != 1 or step != total:
             return
-        ctx, batch = context(benchmark, model, 1)  # the weights have moved away from θ* by now
+        ctx, batch = task_context(benchmark, model, 1)  # the weights have moved away from θ* by now
         penalty = strategy.penalty(ctx, batch, model(batch.x))
         if not PENALISED & set(parse_strategy(spec)):
             assert penalty is None
@@ -254,7 +245,7 @@ def test_state_dict_round_trips_and_holds_no_samples(spec: str, digits):
     assert again.keys() == state.keys()
     for key, value in state.items():
         assert torch.equal(again[key], value) if isinstance(value, torch.Tensor) else again[key] == value, key
-    ctx, batch = context(benchmark, model, 1)
+    ctx, batch = task_context(benchmark, model, 1)
     with torch.no_grad():
         model.hidden[0].weight.add_(0.01)  # away from θ*, so the penalties are not zero
         raw = model(batch.x)
@@ -323,7 +314,7 @@ def test_replay_buffer_is_class_balanced_indices_and_batches_carry_task_ids(scen
     replay = Replay(replay_size=100, replay_ratio=0.5)
     model = build_model("mlp", benchmark.input_shape, benchmark.num_classes, (8,))
     for t in range(2):
-        ctx, batch = context(benchmark, model, t)
+        ctx, batch = task_context(benchmark, model, t)
         replay.after_task(ctx)
         assert replay.task_index.dtype == replay.sample_index.dtype == torch.long
         labels = torch.cat([benchmark.tasks[int(k)].train.y[i : i + 1] for k, i in
@@ -348,10 +339,10 @@ def test_distillation_weights_ce_from_task_2_and_is_zero_for_an_identical_studen
     strategy = STRATEGIES["distill"].from_config(TrainConfig(distill_alpha=0.3, distill_temperature=2.0,
                                                              distill_variant="old-classes"))
     model = build_model("mlp", benchmark.input_shape, benchmark.num_classes, (8,))
-    ctx, batch = context(benchmark, model, 0)
+    ctx, batch = task_context(benchmark, model, 0)
     strategy.after_task(ctx)
     assert strategy.ce_weight(0) == 1.0 and strategy.ce_weight(1) == pytest.approx(0.3)
-    ctx, batch = context(benchmark, model, 1)
+    ctx, batch = task_context(benchmark, model, 1)
     assert strategy.penalty(ctx, batch, model(batch.x)).abs() < 1e-6  # the student still is the teacher
     assert strategy.known.tolist() == [0, 1, 2, 3, 4]
 
@@ -360,7 +351,7 @@ def test_joint_trains_on_every_task_seen_so_far(digits):
     benchmark = digits["task"]
     joint = STRATEGIES["joint"]()
     model = build_model("mlp", benchmark.input_shape, benchmark.num_classes, (8,))
-    assert joint.training_data(context(benchmark, model, 0)[0]) is None  # task 1: naive
-    data = joint.training_data(context(benchmark, model, 1)[0])
+    assert joint.training_data(task_context(benchmark, model, 0)[0]) is None  # task 1: naive
+    data = joint.training_data(task_context(benchmark, model, 1)[0])
     sizes = [len(task.train) for task in benchmark.tasks]
     assert len(data.split) == sum(sizes) and data.task_ids.tolist() == [0] * sizes[0] + [1] * sizes[1]
