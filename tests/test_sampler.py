@@ -83,7 +83,33 @@ def test_random_start_up_and_population_fit_the_budget(trials: int, startup: int
     tpe = build_sampler(SweepOptions(trials=trials, sampler="tpe"))
     nsga2 = build_sampler(SweepOptions(trials=trials, sampler="nsga2"))
     assert (tpe._n_startup_trials, tpe._constant_liar) == (startup, True)  # Optuna keeps them private
-    assert nsga2.population_size == population
+    assert nsga2.base.population_size == population  # inside the wrapper that keeps its proposals distinct
+
+
+def test_nsga2_never_spends_a_trial_on_a_point_the_study_already_has() -> None:
+    """NSGA-II's offspring copy a parent outright now and then (3-6 of 48 trials here, seeds 0-2); the sweep's
+    NSGA-II draws such a trial afresh instead, and still evolves (its offspring are not all random)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    space = {"ewc_lambda": FloatDistribution(LOW, HIGH, log=True), "lr": FloatDistribution(1e-4, 1e-1, log=True)}
+
+    def repeats(sampler: Any) -> tuple[int, int]:
+        """(trials equal to an earlier one, offspring that inherited a parameter value from an earlier trial)"""
+        study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+        for _ in range(48):
+            trial = study.ask(space)
+            stability, plasticity = objectives(trial.params["ewc_lambda"])
+            study.tell(trial, [stability, plasticity * (1 - trial.params["lr"])])
+        points = [tuple(sorted(t.params.items())) for t in study.trials]
+        inherited = sum(any(v in {q[k] for q in points[:i]} for k, v in enumerate(p)) for i, p in enumerate(points))
+        return len(points) - len(set(points)), inherited
+
+    for seed in range(3):
+        plain = optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
+        ours = build_sampler(SweepOptions(trials=48, sampler="nsga2", sampler_seed=seed))
+        (plain_repeats, _), (our_repeats, inherited) = repeats(plain), repeats(ours)
+        assert plain_repeats > 0 and our_repeats == 0 and inherited >= 12, seed
 
 
 def test_tpe_models_after_its_start_up_and_the_quick_start_is_not_all_random() -> None:
