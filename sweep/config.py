@@ -97,6 +97,7 @@ class _TrainConfigMethods:
         genreplay_epochs: int
         genreplay_ratio: float
         genreplay_temperature: float
+        genreplay_targets: str
         genreplay_weighting: str
 
         def __init__(self, **values: Any) -> None: ...

@@ -15,7 +15,7 @@ from sweep.config import TrainConfig
 from sweep.data.benchmarks import build_benchmark
 from sweep.data.tasks import Benchmark, Split
 from sweep.errors import ConfigError
-from sweep.strategies.genreplay import GenReplay, soft_target_loss
+from sweep.strategies.genreplay import GenReplay, hard_target_loss, soft_target_loss
 from sweep.train.trainer import build_run, run_config, train_sequence
 from sweep.tune.trial import run_trial
 
@@ -97,6 +97,21 @@ def test_soft_targets_are_padded_with_zero_for_the_new_classes():
     assert loss.item() > 0.1 and lifted.grad is not None and float(lifted.grad[0, 2]) > 0  # pushed back down
     # over the taught classes alone, the new class would not matter
     assert soft_target_loss(teacher, lifted, taught, taught, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hard_targets_are_the_teachers_most_likely_old_class_and_train_like_dgr(digits):
+    teacher = torch.tensor([[2.0, 0.0, 5.0, 5.0], [0.0, 1.0, 9.0, 0.0]])  # classes 2, 3 new: never the label
+    taught = torch.tensor([[True, True, False, False]])
+    answered = torch.ones(1, 4, dtype=torch.bool)
+    student = torch.tensor([[0.0, 3.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    by_hand = torch.nn.functional.cross_entropy(student, torch.tensor([0, 1]))  # labels 0 and 1, not 2
+    assert hard_target_loss(teacher, student, taught, answered).item() == pytest.approx(by_hand.item())
+    # a whole run: hard targets keep the old task too, and differ from soft ones (the temperature is inert)
+    config = TrainConfig(**{**CLASS, "strategy": "genreplay", "seed": 0, "genreplay_targets": "hard"})
+    hard = run_config(config, digits)
+    assert hard.metrics("test")["stability"] >= 0.5
+    assert (run_config(config.replace(genreplay_temperature=5.0), digits).test == hard.test).all()
+    assert not (run_config(config.replace(genreplay_targets="soft"), digits).test == hard.test).all()
 
 
 def test_inputs_outside_zero_one_are_a_one_line_config_error(digits):

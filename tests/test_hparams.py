@@ -116,9 +116,10 @@ def test_the_views_keep_their_landed_contents():
     assert set(hparams.GENERAL_PARAMS) == {"lr", "finetune_lr", "epochs", "batch_size", "optimizer", "weight_decay",
                                            "frozen_layers", "lr_decay", "early_stop_patience", "warmup_epochs",
                                            "lr_schedule", "dropout", "optimizer_state"}
-    assert len(schema.HYPERPARAMETERS) == 27 + 5 + 4 + 5 + 2  # + optimizer_state, si_c, si_xi, mas_lambda, mas_samples
+    assert len(schema.HYPERPARAMETERS) == 27 + 5 + 4 + 6 + 2  # + optimizer_state, si_c, si_xi, mas_lambda, mas_samples
     # + adapter_rank, adapter_alpha, adapter_layers, adapter_mode
-    # + genreplay_latent, genreplay_epochs, genreplay_ratio, genreplay_temperature, genreplay_weighting
+    # + genreplay_latent, genreplay_epochs, genreplay_ratio, genreplay_temperature, genreplay_weighting,
+    #   genreplay_targets
     # + distill_variant, distill_weighting
     # the prefix-cache key leaves out what it always left out (dropout acts on task 1: it stays in)
     assert prefix_free_fields("naive") == {"finetune_lr", "frozen_layers", "lr_decay", "early_stop_patience",

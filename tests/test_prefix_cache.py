@@ -64,7 +64,8 @@ def test_prefix_free_change_shares_the_entry_and_anything_else_does_not():
         "distill_temperature", "distill_alpha", "l2sp_lambda", "lr_decay", "early_stop_patience", "init_weights",
         "pretrained", "threads", "lp_epochs", "feature_distill_weight", "feature_distill_layers", "interp_alpha",
         "interp_last_alpha", "interp_grid", "si_c", "si_xi", "mas_lambda", "mas_samples", "genreplay_latent",
-        "genreplay_epochs", "genreplay_ratio", "genreplay_temperature", "genreplay_weighting", "distill_variant",
+        "genreplay_epochs", "genreplay_ratio", "genreplay_temperature", "genreplay_weighting", "genreplay_targets",
+        "distill_variant",
         "distill_weighting", "adapter_rank", "adapter_alpha", "adapter_layers", "adapter_mode")
         for f in dataclasses.fields(TrainConfig))
 

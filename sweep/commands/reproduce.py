@@ -154,6 +154,10 @@ def unavailable(row: Row) -> str | None:
     fields = [name for name in (*row.fixed, *row.params) if name not in BY_NAME]
     if fields:
         return f"not available yet: no setting {', '.join(fields)}"
+    values = [f"{name} {value}" for name, value in row.fixed.items()
+              if BY_NAME[name].choices and isinstance(value, str) and value not in BY_NAME[name].choices]
+    if values:
+        return f"not available yet: no {', '.join(values)}"
     return None
 
 

@@ -56,8 +56,9 @@ class GenReplay(Strategy):
                  genreplay_epochs: int = DEFAULTS["genreplay_epochs"],
                  genreplay_ratio: float = DEFAULTS["genreplay_ratio"],
                  genreplay_temperature: float = DEFAULTS["genreplay_temperature"],
-                 genreplay_weighting: str = DEFAULTS["genreplay_weighting"]) -> None:
-        self.latent, self.epochs = genreplay_latent, genreplay_epochs
+                 genreplay_weighting: str = DEFAULTS["genreplay_weighting"],
+                 genreplay_targets: str = DEFAULTS["genreplay_targets"]) -> None:
+        self.latent, self.epochs, self.targets = genreplay_latent, genreplay_epochs, genreplay_targets
         self.ratio, self.temperature, self.weighting = genreplay_ratio, genreplay_temperature, genreplay_weighting
         self.vae: VAE | None = None  # trains during each task
         self.previous_vae: VAE | None = None  # frozen after the previous task: what is replayed
@@ -119,8 +120,11 @@ class GenReplay(Strategy):
             target = self.teacher(x)
         ctx.compute.train_samples += len(x)  # the classifier's forward and backward on them
         ctx.compute.forward_samples += len(x)  # the previous classifier labels them
-        return self._replay_weight(ctx.task_index) * soft_target_loss(target, ctx.model(x), taught, answered,
-                                                                      self.temperature)
+        if self.targets == "hard":
+            term = hard_target_loss(target, ctx.model(x), taught, answered)
+        else:
+            term = soft_target_loss(target, ctx.model(x), taught, answered, self.temperature)
+        return self._replay_weight(ctx.task_index) * term
 
     def _seen(self, ctx: TaskContext, tasks: int) -> Tensor:
         """(1, classes) bool: the classes of the first ``tasks`` tasks (every class in domain-incremental form)."""
@@ -178,6 +182,15 @@ class GenReplay(Strategy):
 
     def state_dict(self) -> dict[str, Tensor | float | int]:
         return {}  # the generator models the training data: it stays in this process's memory, nowhere else
+
+
+def hard_target_loss(teacher_logits: Tensor, student_logits: Tensor, taught: Tensor, answered: Tensor) -> Tensor:
+    """Cross-entropy, mean over the batch, of the student's softmax over the ``answered`` classes against the
+    teacher's most likely class among its ``taught`` ones (DGR's labels: Shin et al. 2017; van de Ven & Tolias's
+    ``DGR`` rows); both (B or 1, classes) bool, ``taught`` within ``answered``."""
+    lowest = torch.finfo(student_logits.dtype).min
+    labels = teacher_logits.masked_fill(~taught, lowest).argmax(dim=1)
+    return F.cross_entropy(student_logits.masked_fill(~answered, lowest), labels)
 
 
 def soft_target_loss(teacher_logits: Tensor, student_logits: Tensor, taught: Tensor, answered: Tensor,

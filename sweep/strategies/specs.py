@@ -106,6 +106,7 @@ LPFT: Block = {  # the probing phase opens every task from task 2 on
 }
 
 GENREPLAY_WEIGHTINGS = ("share", "task-count")
+GENREPLAY_TARGETS = ("soft", "hard")
 
 GENREPLAY: Block = {  # the generator is trained from task 1 on; it is replayed from task 2 on
     "genreplay_latent": dict(type=int, default=100, range="1..4096",
@@ -118,7 +119,12 @@ GENREPLAY: Block = {  # the generator is trained from task 1 on; it is replayed 
                             why="share of each batch that is generated (0.5: as many generated samples as real "
                                 "ones); also the replay term's weight unless genreplay_weighting is task-count"),
     "genreplay_temperature": dict(type=float, default=2.0, range="> 0", first_task=2,
+                                  active_when={"genreplay_targets": "soft"},
                                   why="temperature T of the soft targets the previous model gives generated samples"),
+    "genreplay_targets": dict(type=str, default="soft", choices=GENREPLAY_TARGETS, first_task=2,
+                              why="soft: the previous model's softmax at genreplay_temperature, a T²·KL term "
+                                  "(van de Ven & Tolias's DGR+distill); hard: its most likely class, a cross-entropy "
+                                  "term (Shin et al.'s DGR)"),
     "genreplay_weighting": dict(type=str, default="share", choices=GENREPLAY_WEIGHTINGS, first_task=2,
                                 why="share: (1 - r)·CE + r·replay term; task-count: CE/t + (1 - 1/t)·replay term on "
                                     "task t, as DGR (van de Ven & Tolias)"),
