@@ -44,8 +44,8 @@ def add_quadratic_grad(
 ) -> None:
     """Add ``scale`` · A (θ − m) to the ``.grad`` of each parameter that trains (``requires_grad``), in place:
     the gradient of (scale / 2) · Σ A (θ − m)², bit for bit what :func:`quadratic_penalty`'s backward adds for
-    it (its factor times 2, times the same A (θ − m)), without an autograd node or the penalty's value: three
-    passes over the weights instead of five. For the trainer, after the backward pass and before the step."""
+    it (its factor times 2, times the same A (θ − m)), without an autograd node, the penalty's value or a
+    gradient to accumulate. For the trainer, after the backward pass and before the step."""
     chosen = [i for i, p in enumerate(params) if p.requires_grad]
     if not chosen:
         return
