@@ -12,15 +12,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sweep.config import TrainConfig
 from sweep.data.benchmarks import build_benchmark
-from sweep.data.tasks import Benchmark
+from sweep.data.tasks import Benchmark, to_float
 from sweep.errors import ConfigError
 from sweep.hparams import BY_NAME, strategy_fields
 from sweep.models import build_model, layer_parameters
-from sweep.strategies.base import Strategy, TaskContext
+from sweep.strategies.base import Batch, Strategy, TaskContext
 from sweep.strategies.ewc import EWC, quadratic_penalty
 from sweep.strategies.registry import STRATEGIES, build_strategy, parse_strategy
 from sweep.strategies.replay import Replay, balanced_quotas
@@ -139,7 +140,7 @@ PREFIX_FREE_VALUES.update({"si_c": (0.0, 100.0), "mas_lambda": (0.0, 1.0)})
 PREFIX_FREE_VALUES.update({"adapter_rank": (0, 4), "adapter_alpha": (1.0, 16.0), "adapter_layers": ("body", "all"),
                            "adapter_mode": ("merge", "per-task")})
 PREFIX_FREE_VALUES.update({"genreplay_ratio": (0.0, 0.5), "genreplay_temperature": (1.0, 4.0),
-                           "genreplay_weighting": ("share", "task-count")})
+                           "genreplay_weighting": ("share", "task-count"), "genreplay_targets": ("soft", "hard")})
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -257,22 +258,51 @@ def test_state_dict_round_trips_and_holds_no_samples(spec: str, digits):
 
 
 @pytest.mark.parametrize("spec", ("ewc", "si", "mas", "l2sp", "ewc+distill+freeze", "ewc+adapter"))
-def test_the_trainers_penalty_gradient_is_bit_for_bit_the_autograd_one(spec: str, digits, monkeypatch):
-    """The trainer adds a weight penalty's gradient to .grad in place (penalty_grad) instead of putting the term
-    in the loss: the same run through autograd must give the same matrices and the same final weights."""
+def test_the_trainers_penalty_gradient_is_autograds(spec: str, digits, monkeypatch):
+    """The trainer adds a weight penalty's gradient to .grad in place (penalty_grad) instead of putting the term in
+    the loss: at every step of task 2 the gradient the optimizer gets is autograd's up to rounding, and a whole run
+    lands where the autograd run does."""
     import sweep.strategies.ewc as ewc
     import sweep.strategies.l2sp as l2sp
     import sweep.strategies.si as si
+    import sweep.train.trainer as trainer
 
     benchmark = digits["task"]
     config = config_for(spec, "task", ACTIVE, epochs=1)
-    fast, fast_model, _ = run(config, benchmark)
+    checked: list[float] = []
+    step = trainer._train_step
+
+    def compared(run, optimizer, idx, index):  # the step's gradients both ways, on the same weights and batch
+        if run.ctx.task_index == 1 and index % 5 == 0:
+            ctx = run.ctx
+            batch = Batch(to_float(run.data.split.x[idx]), run.data.split.y[idx], run.data.task_ids[idx])
+            grads = []
+            for by_hand in (True, False):
+                object.__setattr__(ctx, "penalty_grads", by_hand)  # a frozen dataclass: the trainer's own switch
+                run.model.zero_grad(set_to_none=True)
+                raw = run.model(batch.x)
+                loss = F.cross_entropy(raw.masked_fill(~run.masks[batch.task_ids], -1e30), batch.y) * run.ce_weight
+                term = run.strategy.penalty(ctx, batch, raw)
+                (loss if term is None else loss + term).backward()
+                run.strategy.penalty_grad(ctx)
+                grads.append([None if p.grad is None else p.grad.clone() for p in run.model.parameters()])
+            object.__setattr__(ctx, "penalty_grads", True)
+            run.model.zero_grad(set_to_none=True)
+            for a, b in zip(*grads):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+                    checked.append(float((a - b).abs().max()))
+        return step(run, optimizer, idx, index)
+
+    monkeypatch.setattr(trainer, "_train_step", compared)
+    fast, _, _ = run(config, benchmark)
+    assert checked
+    monkeypatch.setattr(trainer, "_train_step", step)
     for module in (ewc, si, l2sp):
         monkeypatch.setattr(module, "by_grad", lambda ctx: False)  # every penalty back in the loss
-    slow, slow_model, _ = run(config, benchmark)
-    assert np.array_equal(fast.val, slow.val) and np.array_equal(fast.test, slow.test)
-    for (name, a), (_, b) in zip(fast_model.state_dict().items(), slow_model.state_dict().items()):
-        assert torch.equal(a, b), name
+    slow, _, _ = run(config, benchmark)
+    assert np.abs(fast.test - slow.test).max() <= 0.02  # rounding apart, the same run
     if spec != "ewc+adapter":  # with adapters attached EWC's penalty goes through autograd: nothing to compare
         assert not np.array_equal(fast.test, run(config_for(spec, "task", NEUTRAL, epochs=1), benchmark)[0].test)
 

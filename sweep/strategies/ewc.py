@@ -39,28 +39,25 @@ def quadratic_penalty(
     return _Quadratic.apply(list(anchor), None if precision is None else list(precision), *params)
 
 
-def add_quadratic_grad(
-    params: Sequence[Tensor], anchor: Sequence[Tensor], precision: Sequence[Tensor] | None, scale: float
-) -> None:
-    """Add ``scale`` · A (θ − m) to the ``.grad`` of each parameter that trains (``requires_grad``), in place:
-    the gradient of (scale / 2) · Σ A (θ − m)², bit for bit what :func:`quadratic_penalty`'s backward adds for
-    it (its factor times 2, times the same A (θ − m)), without an autograd node, the penalty's value or a
-    gradient to accumulate. For the trainer, after the backward pass and before the step."""
+def add_quadratic_grad(params: Sequence[Tensor], anchor: Sequence[Tensor], slope: Sequence[Tensor] | float) -> None:
+    """Add S (θ − m) to the ``.grad`` of each parameter that trains (``requires_grad``), in place: the gradient of
+    ½ Σ S (θ − m)² (S = 2 × a penalty's factor × its precision A, made once per task by the caller, or a number),
+    as :func:`quadratic_penalty`'s backward gives it up to rounding, in two passes over the weights and no autograd
+    node, value or gradient to accumulate. For the trainer, after the backward pass and before the step."""
     chosen = [i for i, p in enumerate(params) if p.requires_grad]
     if not chosen:
         return
-    weights = [params[i].detach() for i in chosen]
-    slopes = torch._foreach_sub(weights, [anchor[i] for i in chosen])
-    if precision is not None:
-        torch._foreach_mul_(slopes, [precision[i] for i in chosen])
-    torch._foreach_mul_(slopes, scale)
+    diffs = torch._foreach_sub([params[i].detach() for i in chosen], [anchor[i] for i in chosen])
     grads = [params[i].grad for i in chosen]
-    if all(g is not None for g in grads):
-        torch._foreach_add_(grads, slopes)  # type: ignore[arg-type]
-        return
-    for i, slope in zip(chosen, slopes):
-        p = params[i]
-        p.grad = slope if p.grad is None else p.grad.add_(slope)
+    if any(g is None for g in grads):  # a parameter the loss did not reach: its gradient is the penalty's alone
+        for i, g in zip(chosen, grads):
+            if g is None:
+                params[i].grad = torch.zeros_like(params[i])
+        grads = [params[i].grad for i in chosen]
+    if isinstance(slope, float):
+        torch._foreach_add_(grads, diffs, alpha=slope)  # type: ignore[arg-type]
+    else:
+        torch._foreach_addcmul_(grads, diffs, [slope[i] for i in chosen])  # type: ignore[arg-type]
 
 
 def by_grad(ctx: TaskContext) -> bool:
@@ -101,6 +98,7 @@ class EWC(Strategy):
         self.anchor: dict[str, Tensor] = {}  # m: the precision-weighted mean of the θ*_k
         self.offset = 0.0  # Σ_k F_k (θ*_k − m)²: the θ-independent part, so the penalty's value is exact
         self.tasks = 0  # tasks consolidated so far
+        self._slopes: list[Tensor] | None = None  # λ·A in named_parameters order: penalty_grad's, made once a task
 
     def after_task(self, ctx: TaskContext) -> None:
         if ctx.task_index == ctx.benchmark.num_tasks - 1:
@@ -130,6 +128,7 @@ class EWC(Strategy):
                 self.precision[n] = total
             self.offset += offset
         self.tasks += 1
+        self._slopes = None
 
     def penalty(
         self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
@@ -140,9 +139,9 @@ class EWC(Strategy):
         if self.ewc_lambda == 0 or not self.precision or not by_grad(ctx):
             return
         names, params = zip(*ctx.model.named_parameters())
-        # λ/2 · A (θ − m)²'s gradient, as model_penalty's backward computes it: (2 · λ/2) · A (θ − m)
-        add_quadratic_grad(params, [self.anchor[n] for n in names], [self.precision[n] for n in names],
-                           2 * (0.5 * self.ewc_lambda))
+        if self._slopes is None:  # the gradient of λ/2 · A (θ − m)² is λA (θ − m)
+            self._slopes = [self.ewc_lambda * self.precision[n] for n in names]
+        add_quadratic_grad(params, [self.anchor[n] for n in names], self._slopes)
 
     def model_penalty(self, model: nn.Module) -> Tensor | None:
         """λ/2 · Σ_k F_k (θ − θ*_k)² at ``model``'s weights; None before any task (or with λ = 0)."""
@@ -171,3 +170,4 @@ class EWC(Strategy):
         self.tasks = int(state.get("tasks", 0))
         self.precision = tensors_under(state, "precision.")
         self.anchor = tensors_under(state, "anchor.")
+        self._slopes = None

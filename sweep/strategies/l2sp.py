@@ -32,7 +32,7 @@ class L2SP(Strategy):
         if self.l2sp_lambda == 0 or not self.anchor or not by_grad(ctx):
             return
         names, params = zip(*ctx.model.named_parameters())
-        add_quadratic_grad(params, [self.anchor[n] for n in names], None, 2 * (0.5 * self.l2sp_lambda))
+        add_quadratic_grad(params, [self.anchor[n] for n in names], float(self.l2sp_lambda))  # of λ/2 (θ − θ*)²
 
     def model_penalty(self, model: nn.Module) -> Tensor | None:
         """λ/2 · ||θ − θ*||² at ``model``'s weights; None without an anchor (or with λ = 0)."""

@@ -52,6 +52,7 @@ class ImportancePenalty(Strategy):
         self.omega: dict[str, Tensor] = {}  # Ω, summed over the tasks so far, per parameter name
         self.anchor: dict[str, Tensor] = {}  # θ*: the weights after the latest task
         self.tasks = 0
+        self._slopes: list[Tensor] | None = None  # 2·strength·Ω in named_parameters order, made once a task
 
     @property
     def strength(self) -> float:
@@ -64,6 +65,7 @@ class ImportancePenalty(Strategy):
             self.omega[name] = self.omega[name] + value if name in self.omega else value
         self.anchor = {name: p.detach().clone() for name, p in model.named_parameters()}
         self.tasks += 1
+        self._slopes = None
 
     def penalty(
         self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
@@ -74,7 +76,9 @@ class ImportancePenalty(Strategy):
         if self.strength == 0 or not self.omega or not by_grad(ctx):
             return
         names, params = zip(*ctx.model.named_parameters())
-        add_quadratic_grad(params, [self.anchor[n] for n in names], [self.omega[n] for n in names], 2 * self.strength)
+        if self._slopes is None:  # the gradient of strength · Ω (θ − θ*)² is 2·strength·Ω (θ − θ*)
+            self._slopes = [2 * self.strength * self.omega[n] for n in names]
+        add_quadratic_grad(params, [self.anchor[n] for n in names], self._slopes)
 
     def model_penalty(self, model: nn.Module) -> Tensor | None:
         """strength · Σ Ω (θ − θ*)² at ``model``'s weights; None before any task (or with strength 0)."""
@@ -94,6 +98,7 @@ class ImportancePenalty(Strategy):
         self.tasks = int(state.get("tasks", 0))
         self.omega = tensors_under(state, "omega.")
         self.anchor = tensors_under(state, "anchor.")
+        self._slopes = None
 
 
 class SI(ImportancePenalty):
