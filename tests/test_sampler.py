@@ -110,6 +110,9 @@ def test_nsga2_never_spends_a_trial_on_a_point_the_study_already_has() -> None:
         ours = build_sampler(SweepOptions(trials=48, sampler="nsga2", sampler_seed=seed))
         (plain_repeats, _), (our_repeats, inherited) = repeats(plain), repeats(ours)
         assert plain_repeats > 0 and our_repeats == 0 and inherited >= 12, seed
+    import pickle
+
+    assert isinstance(pickle.loads(pickle.dumps(ours)), type(ours))  # Ray pickles the searcher and its sampler
 
 
 def test_tpe_models_after_its_start_up_and_the_quick_start_is_not_all_random() -> None:

@@ -166,52 +166,14 @@ def build_sampler(o: SweepOptions) -> Any:
 
     quarter = math.ceil(o.trials / 4)
     if o.sampler == "nsga2":
-        return distinct(optuna.samplers.NSGAIISampler(seed=o.sampler_seed, population_size=max(4, min(50, quarter))))
+        from sweep.tune.distinct_sampler import DistinctSampler
+
+        return DistinctSampler(optuna.samplers.NSGAIISampler(seed=o.sampler_seed,
+                                                             population_size=max(4, min(50, quarter))))
     if o.sampler == "random":
         return optuna.samplers.RandomSampler(seed=o.sampler_seed)
     return optuna.samplers.TPESampler(seed=o.sampler_seed, n_startup_trials=max(2, min(10, quarter)),
                                       constant_liar=True)
-
-
-def distinct(sampler: Any) -> Any:
-    """``sampler``, except that a relative proposal equal to a trial the study already has (finished, pruned or
-    running) is dropped, so every parameter of that trial is drawn independently (NSGA-II: at random) instead.
-
-    NSGA-II's offspring copy each parameter from one of two parents and mutate each with probability 1/n: a
-    child is an exact copy of a parent often enough (3 of 48 trials on a 2-parameter space) to spend a
-    whole trial on a point already measured. TPE's ``constant_liar`` keeps TPE's proposals apart already."""
-    import optuna
-
-    class DistinctSampler(optuna.samplers.BaseSampler):
-        def __init__(self, base: Any) -> None:
-            self.base = base
-
-        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
-            return self.base.infer_relative_search_space(study, trial)
-
-        def sample_relative(self, study: Any, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
-            proposed = self.base.sample_relative(study, trial, search_space)
-            if proposed:
-                states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                          optuna.trial.TrialState.RUNNING)
-                for other in study.get_trials(deepcopy=False, states=states):
-                    if other.number != trial.number and other.params == proposed:
-                        return {}
-            return proposed
-
-        def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
-            return self.base.sample_independent(study, trial, param_name, param_distribution)
-
-        def before_trial(self, study: Any, trial: Any) -> None:
-            self.base.before_trial(study, trial)
-
-        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-            self.base.after_trial(study, trial, state, values)
-
-        def reseed_rng(self) -> None:
-            self.base.reseed_rng()
-
-    return DistinctSampler(sampler)
 
 
 def optuna_searcher(o: SweepOptions, space: SearchSpace, study_dir: Path,
