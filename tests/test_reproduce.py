@@ -27,7 +27,7 @@ def test_smoke_writes_the_table_with_every_row_and_both_protocols(smoke: Path, c
     assert len(table) == 22 * 2  # every row of Hsu et al.'s Table 2 the toolkit lists, both protocols
     assert set(table.protocol) == {"end", "first-tasks-2"}
     done = table[table.status == "done"]
-    assert set(done.row) == {"naive-task", "lwf-class"} and (done.n_seeds == 1).all()
+    assert set(done.row) == {"naive-task", "lwf-class", "sgd-class"} and (done.n_seeds == 1).all()
     assert set(table.status) <= {"done", "not run yet"} | {s for s in table.status if s.startswith("not available")}
     # a row the toolkit cannot run is listed, and says why: Adagrad is not one of its optimizers
     assert set(table[table.row == "adagrad-task"].status) == {"not available yet: no optimizer adagrad"}
@@ -35,9 +35,12 @@ def test_smoke_writes_the_table_with_every_row_and_both_protocols(smoke: Path, c
     assert lwf.published.iloc[0] == 24.17 and np.isfinite(lwf["mean"]).all()
     assert all("distill_temperature" in json.loads(c) for c in lwf.chosen)  # the searched value, per protocol
     text = (smoke / "table.md").read_text()
-    assert "| lwf-class | LwF | class | 24.17 ± 0.33 |" in text and "Rows done: 2 of 22" in text
+    assert "| lwf-class | LwF | class | 24.17 ± 0.33 |" in text and "Rows done: 3 of 22" in text
     assert "distill_temperature=" in text.split("| lwf-class |")[1].splitlines()[0]
     assert (smoke / "table.png").stat().st_size > 0
+    # a row that fixes the optimizer and searches the learning rate the paper's setup fixes: the row wins
+    sgd = json.loads((smoke / "sgd-class" / "final-end.json").read_text())
+    assert sgd["config"]["optimizer"] == "sgd" and set(sgd["chosen"]) == {"lr"} and sgd["config"]["lr"] != 1e-3
     # each protocol's search is a study of its own; first-tasks 2 trained its trials on two tasks only
     first = pq.read_table(smoke / "lwf-class" / "first-tasks-2" / "trials.parquet").to_pandas()
     assert (first.num_tasks == 2).all() and (first.role == "search").all() and len(first) == 2

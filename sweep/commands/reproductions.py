@@ -116,7 +116,7 @@ HSU2018 = Paper(
         "class-incremental cross-entropy runs over all 10 outputs from task 1 on (the paper's single head too)",
         "rehearsal mixes a share of each batch from the buffer instead of adding stored samples to the batch",
     ),
-    smoke_rows=("naive-task", "lwf-class"),
+    smoke_rows=("naive-task", "lwf-class", "sgd-class"),  # sgd-class: a row that searches a trainer setting
 )
 
 _VDV_SOURCE = (
