@@ -15,73 +15,19 @@ reported. The Fisher draws from a generator of its own, so it never shifts the r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from sweep.hparams import DEFAULTS
-from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext, tensors_under
+from sweep.strategies.base import TaskContext, tensors_under
 from sweep.strategies.fisher import task_fisher
-from sweep.strategies.lora import effective_parameters, lora_of
+from sweep.strategies.lora import effective_parameters
+from sweep.strategies.quadratic import Quadratic, WeightPenalty
 
 
-def quadratic_penalty(
-    params: Sequence[Tensor], anchor: Sequence[Tensor], precision: Sequence[Tensor] | None = None
-) -> Tensor:
-    """Σ A (θ − m)² over parameter tensors (A = 1 when ``precision`` is None), as one autograd node.
-
-    Written out, it is ~30 small autograd nodes per step; fused, the forward is three passes over
-    the weights and the backward one (2A(θ − m)): half the cost (0.5 ms instead of 1 ms per step
-    for the 269k-weight MLP on one core, where a plain step takes 1.3 ms).
-    """
-    return _Quadratic.apply(list(anchor), None if precision is None else list(precision), *params)
-
-
-def add_quadratic_grad(params: Sequence[Tensor], anchor: Sequence[Tensor], slope: Sequence[Tensor] | float) -> None:
-    """Add S (θ − m) to the ``.grad`` of each parameter that trains (``requires_grad``), in place: the gradient of
-    ½ Σ S (θ − m)² (S = 2 × a penalty's factor × its precision A, made once per task by the caller, or a number),
-    as :func:`quadratic_penalty`'s backward gives it up to rounding, in two passes over the weights and no autograd
-    node, value or gradient to accumulate. For the trainer, after the backward pass and before the step."""
-    chosen = [i for i, p in enumerate(params) if p.requires_grad]
-    if not chosen:
-        return
-    diffs = torch._foreach_sub([params[i].detach() for i in chosen], [anchor[i] for i in chosen])
-    grads = [params[i].grad for i in chosen]
-    if any(g is None for g in grads):  # a parameter the loss did not reach: its gradient is the penalty's alone
-        for i, g in zip(chosen, grads):
-            if g is None:
-                params[i].grad = torch.zeros_like(params[i])
-        grads = [params[i].grad for i in chosen]
-    if isinstance(slope, float):
-        torch._foreach_add_(grads, diffs, alpha=slope)  # type: ignore[arg-type]
-    else:
-        torch._foreach_addcmul_(grads, diffs, [slope[i] for i in chosen])  # type: ignore[arg-type]
-
-
-def by_grad(ctx: TaskContext) -> bool:
-    """Whether a penalty on ``ctx.model``'s weights goes into ``.grad`` by ``penalty_grad`` (the trainer's way) rather
-    than into the loss: not with a low-rank adapter attached (the weights the model computes with are then not
-    its parameters, and autograd carries the penalty into the adapter's)."""
-    return ctx.penalty_grads and not any(lora_of(m) is not None for m in ctx.model.modules())
-
-
-class _Quadratic(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, anchor: list[Tensor], precision: list[Tensor] | None, *params: Tensor) -> Tensor:
-        diffs = torch._foreach_sub(list(params), anchor)
-        slopes = diffs if precision is None else torch._foreach_mul(diffs, precision)  # A (θ − m)
-        ctx.save_for_backward(*slopes)
-        return torch.stack([torch.dot(a.flatten(), d.flatten()) for a, d in zip(slopes, diffs)]).sum()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        needs = ctx.needs_input_grad[2:]
-        return (None, None, *[2 * grad * slope if need else None for slope, need in zip(ctx.saved_tensors, needs)])
-
-
-class EWC(Strategy):
+class EWC(WeightPenalty):
     name = "ewc"
 
     def __init__(
@@ -98,7 +44,6 @@ class EWC(Strategy):
         self.anchor: dict[str, Tensor] = {}  # m: the precision-weighted mean of the θ*_k
         self.offset = 0.0  # Σ_k F_k (θ*_k − m)²: the θ-independent part, so the penalty's value is exact
         self.tasks = 0  # tasks consolidated so far
-        self._slopes: list[Tensor] | None = None  # λ·A in named_parameters order: penalty_grad's, made once a task
 
     def after_task(self, ctx: TaskContext) -> None:
         if ctx.task_index == ctx.benchmark.num_tasks - 1:
@@ -128,28 +73,16 @@ class EWC(Strategy):
                 self.precision[n] = total
             self.offset += offset
         self.tasks += 1
-        self._slopes = None
+        self.reslope()
 
-    def penalty(
-        self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
-    ) -> Tensor | None:
-        return None if by_grad(ctx) else self.model_penalty(ctx.model)
-
-    def penalty_grad(self, ctx: TaskContext) -> None:
-        if self.ewc_lambda == 0 or not self.precision or not by_grad(ctx):
-            return
-        names, params = zip(*ctx.model.named_parameters())
-        if self._slopes is None:  # the gradient of λ/2 · A (θ − m)² is λA (θ − m)
-            self._slopes = [self.ewc_lambda * self.precision[n] for n in names]
-        add_quadratic_grad(params, [self.anchor[n] for n in names], self._slopes)
-
-    def model_penalty(self, model: nn.Module) -> Tensor | None:
-        """λ/2 · Σ_k F_k (θ − θ*_k)² at ``model``'s weights; None before any task (or with λ = 0)."""
+    def quadratic(self) -> Quadratic | None:
+        """λ/2 · (Σ A (θ − m)² + offset) = λ/2 · Σ_k F_k (θ − θ*_k)²; None before any task (or with λ = 0)."""
         if self.ewc_lambda == 0 or not self.precision:
             return None
-        names, params = zip(*effective_parameters(model))  # adapters: W + (α/r)·B A, differentiable in A, B
-        quadratic = quadratic_penalty(params, [self.anchor[n] for n in names], [self.precision[n] for n in names])
-        return 0.5 * self.ewc_lambda * (quadratic + self.offset)
+        return Quadratic(0.5 * self.ewc_lambda, self.anchor, self.precision, self.offset)
+
+    def penalised(self, model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+        return effective_parameters(model)  # adapters: W + (α/r)·B A, differentiable in A, B
 
     def stats(self) -> dict[str, float]:
         # the scale λ multiplies: mean and trace of A (the sum over tasks in separate mode); NaN without one
@@ -170,4 +103,4 @@ class EWC(Strategy):
         self.tasks = int(state.get("tasks", 0))
         self.precision = tensors_under(state, "precision.")
         self.anchor = tensors_under(state, "anchor.")
-        self._slopes = None
+        self.reslope()

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from sweep.hparams import DEFAULTS
-from sweep.strategies.base import NO_FEATURES, Batch, Features, Strategy, TaskContext, tensors_under
-from sweep.strategies.ewc import add_quadratic_grad, by_grad, quadratic_penalty
+from sweep.strategies.base import Batch, TaskContext, tensors_under
+from sweep.strategies.quadratic import Quadratic, WeightPenalty
 
 
 def importance_stats(prefix: str, importance: dict[str, Tensor]) -> dict[str, float]:
@@ -44,7 +44,7 @@ def importance_stats(prefix: str, importance: dict[str, Tensor]) -> dict[str, fl
     return {f"{prefix}_importance_mean": trace / count, f"{prefix}_importance_trace": trace}
 
 
-class ImportancePenalty(Strategy):
+class ImportancePenalty(WeightPenalty):
     """What SI and MAS share: a per-weight importance Ω summed over the tasks, the anchor θ* (the weights after
     the latest task), the penalty strength · Σ Ω (θ − θ*)², and the state that holds them."""
 
@@ -52,7 +52,6 @@ class ImportancePenalty(Strategy):
         self.omega: dict[str, Tensor] = {}  # Ω, summed over the tasks so far, per parameter name
         self.anchor: dict[str, Tensor] = {}  # θ*: the weights after the latest task
         self.tasks = 0
-        self._slopes: list[Tensor] | None = None  # 2·strength·Ω in named_parameters order, made once a task
 
     @property
     def strength(self) -> float:
@@ -65,28 +64,13 @@ class ImportancePenalty(Strategy):
             self.omega[name] = self.omega[name] + value if name in self.omega else value
         self.anchor = {name: p.detach().clone() for name, p in model.named_parameters()}
         self.tasks += 1
-        self._slopes = None
+        self.reslope()
 
-    def penalty(
-        self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
-    ) -> Tensor | None:
-        return None if by_grad(ctx) else self.model_penalty(ctx.model)
-
-    def penalty_grad(self, ctx: TaskContext) -> None:
-        if self.strength == 0 or not self.omega or not by_grad(ctx):
-            return
-        names, params = zip(*ctx.model.named_parameters())
-        if self._slopes is None:  # the gradient of strength · Ω (θ − θ*)² is 2·strength·Ω (θ − θ*)
-            self._slopes = [2 * self.strength * self.omega[n] for n in names]
-        add_quadratic_grad(params, [self.anchor[n] for n in names], self._slopes)
-
-    def model_penalty(self, model: nn.Module) -> Tensor | None:
-        """strength · Σ Ω (θ − θ*)² at ``model``'s weights; None before any task (or with strength 0)."""
+    def quadratic(self) -> Quadratic | None:
+        """strength · Σ Ω (θ − θ*)²; None before any task (or with strength 0)."""
         if self.strength == 0 or not self.omega:
             return None
-        names, params = zip(*model.named_parameters())
-        return self.strength * quadratic_penalty(params, [self.anchor[n] for n in names],
-                                                 [self.omega[n] for n in names])
+        return Quadratic(self.strength, self.anchor, self.omega)
 
     def state_dict(self) -> dict[str, Tensor | float | int]:
         state: dict[str, Tensor | float | int] = {"tasks": self.tasks}
@@ -98,7 +82,7 @@ class ImportancePenalty(Strategy):
         self.tasks = int(state.get("tasks", 0))
         self.omega = tensors_under(state, "omega.")
         self.anchor = tensors_under(state, "anchor.")
-        self._slopes = None
+        self.reslope()
 
 
 class SI(ImportancePenalty):
