@@ -157,6 +157,25 @@ def test_split_digits_is_all_of_load_digits_scaled_and_partitioned() -> None:
         assert abs(len(val) / (len(train) + len(val)) - 0.1) < 0.02
 
 
+def test_split_digits_reads_load_digits_file_without_importing_scikit_learn(monkeypatch) -> None:
+    """The digits come from scikit-learn's own file, parsed as load_digits parses it (pixels and labels), without
+    the 4 s import in every process that trains on them; without the file, through load_digits itself."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    expected = np.column_stack([digits.data, digits.target])
+    assert np.array_equal(readers._digits_table(), expected)
+    monkeypatch.setattr(readers.importlib.util, "find_spec", lambda name: None)  # the file moved
+    assert np.array_equal(readers._digits_table(), expected)
+    code = ("import sys; from sweep.data.benchmarks import build_benchmark; build_benchmark('split-digits', 'class'); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_split_digits_is_deterministic_and_split_seed_moves_only_validation() -> None:
     a, b = build_benchmark("split-digits", "class"), build_benchmark("split-digits", "class")
     c = build_benchmark("split-digits", "class", split_seed=1)

@@ -69,9 +69,9 @@ class ProgressBar:
 
 
 def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # a bad flag is refused before torch is imported (4 s)
     from sweep.train.trainer import load_benchmark, parse_device, run_config
 
-    config = config_from_args(args)
     device = parse_device(args.device, "--device")  # cpu or cuda; meta, mps and the like are refused
     import torch
 

@@ -43,7 +43,7 @@ from sweep.tune.options import (
 )
 from sweep.tune.prefix_cache import WEIGHT_FILES, file_digest
 from sweep.tune.pruning import DEFAULT_NOISE, SuccessiveHalving, tune_scheduler
-from sweep.tune.ray_session import check_resources, init_ray, starts_own_ray
+from sweep.tune.ray_session import check_resources, init_ray, starts_own_ray, without_callback_census
 from sweep.tune.search_space import SearchSpace, load_space, space_path
 from sweep.tune.searcher import optuna_searcher
 from sweep.tune.sink import ResultSink, package_versions
@@ -290,8 +290,8 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     def fit(phase: str, setup_: dict[str, Any], **tune_kwargs: Any) -> None:
         name = experiment_name(phase)
         try:
-            with staged_experiment(study_dir, name):  # recorded before it runs, removed from this node after
-                tuner_for(name, setup_, **tune_kwargs).fit()
+            with staged_experiment(study_dir, name), without_callback_census():  # staged: recorded before it runs,
+                tuner_for(name, setup_, **tune_kwargs).fit()  # removed from this node after
         except Exception:
             if sink.failure is not None:  # a trial that could not be written: its one line, not Tune's traceback
                 raise sink.failure from None
