@@ -113,7 +113,7 @@ class WeightPenalty(Strategy):
             return
         names, params = zip(*ctx.model.named_parameters())
         if self._slopes is None:  # the gradient of factor · A (θ − m)² is 2·factor·A (θ − m)
-            slope = 2 * term.factor
+            slope = 2.0 * term.factor  # a float even for an integer factor: add_quadratic_grad tells them apart
             self._slopes = slope if term.precision is None else [slope * term.precision[n] for n in names]
         add_quadratic_grad(params, [term.anchor[n] for n in names], self._slopes)
 
