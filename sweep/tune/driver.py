@@ -290,8 +290,9 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     def fit(phase: str, setup_: dict[str, Any], **tune_kwargs: Any) -> None:
         name = experiment_name(phase)
         try:
-            with staged_experiment(study_dir, name), without_callback_census():  # staged: recorded before it runs,
-                tuner_for(name, setup_, **tune_kwargs).fit()  # removed from this node after
+            # staged: recorded before it runs, removed from this node after
+            with staged_experiment(study_dir, name), without_callback_census():
+                tuner_for(name, setup_, **tune_kwargs).fit()
         except Exception:
             if sink.failure is not None:  # a trial that could not be written: its one line, not Tune's traceback
                 raise sink.failure from None
