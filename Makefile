@@ -16,6 +16,8 @@ SAMPLER ?= tpe
 RESUME ?=
 # any other `sweep run` flag, e.g. every trial's TrainConfig values: SWEEP_ARGS="--hidden 400,400 --lr 3e-4"
 SWEEP_ARGS ?=
+# `make test` runs the suite in this many processes (pytest-xdist): most tests wait on subprocesses and Ray
+TEST_WORKERS ?= 2
 
 SWEEP_FLAGS = --strategy $(STRATEGY) --benchmark $(BENCHMARK) --scenario $(SCENARIO) --trials $(TRIALS) \
 	--seeds $(SEEDS) --study $(STUDY) --results $(RESULTS) --gpus-per-trial $(GPUS_PER_TRIAL) \
@@ -50,7 +52,7 @@ report:
 test:  ## the README's test command: lint, type-check sweep/ ([tool.mypy] in pyproject.toml), then the whole suite
 	$(PYTHON) -m ruff check sweep tests bench examples
 	$(PYTHON) -m mypy
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint:
 	$(PYTHON) -m ruff check sweep tests bench examples

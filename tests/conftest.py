@@ -18,6 +18,18 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """``make test`` runs the suite in several processes (pytest-xdist), each of which may start a Ray at the
+    same moment. On a machine with no ``~/.ray/auth_token`` yet, each Ray would write a token of its own and one
+    cluster's processes could read the other's: the controlling process writes it first, as Ray would."""
+    if hasattr(config, "workerinput") or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        from ray._private.authentication.authentication_token_setup import generate_and_save_token
+
+        generate_and_save_token()
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """Real MNIST / Fashion-MNIST: $SWEEP_DATA_ROOT (CI sets it), else ../shared/data."""

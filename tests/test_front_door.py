@@ -272,8 +272,10 @@ def test_progress_lines_when_not_a_terminal() -> None:
     assert "\r" not in out.getvalue()
 
 
-def test_progress_in_place_on_a_terminal() -> None:
+def test_progress_in_place_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     from sweep.tune.progress import Progress
+
+    monkeypatch.setenv("COLUMNS", "200")  # a terminal wide enough for the whole line (it is cut to the width)
 
     now = [0.0]
     out = io.StringIO()

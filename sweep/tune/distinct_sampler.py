@@ -9,10 +9,12 @@ must be importable by name, and Optuna is imported only when a sweep builds one.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import optuna
 
+_LOCK = type(threading.Lock())
 _MEASURED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
 
 
@@ -42,6 +44,22 @@ class DistinctSampler(optuna.samplers.BaseSampler):
 
     def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
         self.base.after_trial(study, trial, state, values)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray pickles the searcher with its sampler; Optuna 5.1's GA samplers (NSGA-II) hold a
+        ``threading.Lock``, which cannot be pickled and which they do not leave out themselves: the base travels
+        without its locks and gets new ones on arrival (a lock guards one process's threads only)."""
+        state = vars(self.base)
+        locks = [name for name, value in state.items() if isinstance(value, _LOCK)]
+        return {"base_type": type(self.base), "locks": locks,
+                "base": {name: value for name, value in state.items() if name not in locks}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        base = state["base_type"].__new__(state["base_type"])
+        vars(base).update(state["base"])
+        for name in state["locks"]:
+            setattr(base, name, threading.Lock())
+        self.base = base
 
     def reseed_rng(self) -> None:
         self.base.reseed_rng()
