@@ -45,6 +45,7 @@ class _TrainConfigMethods:
         scenario: str
         num_tasks: int | None
         class_order: tuple[int, ...] | None
+        class_shuffle: str
         data_root: str | None
         val_fraction: float
         model: str

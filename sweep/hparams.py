@@ -32,6 +32,7 @@ SCENARIOS = ("class", "task", "domain")
 OPTIMIZERS = ("adam", "sgd")
 # reset: a fresh optimizer every task; keep: each parameter's optimizer state carries from task to task
 OPTIMIZER_STATES = ("reset", "keep")
+CLASS_SHUFFLES = ("none", "per-seed")
 LR_SCHEDULES = ("constant", "cosine")  # the learning rate of tasks 2..T after its warmup
 # the built-in benchmarks and strategies, torch-free (the help lists them); tests keep them equal to
 # sweep.data.benchmarks.BENCHMARKS and sweep.strategies.registry.STRATEGIES
@@ -276,6 +277,12 @@ _DATA = (
            range=">= 2 (forgetting needs two tasks)", nullable=True, kind=SETTING, per_sweep=True),
     HParam("class_order", tuple, None, "the classes in the order the tasks take them; none: natural order",
            min_len=2, nullable=True, kind=SETTING, per_sweep=True),
+    # none by default: every seed of a study sees the same tasks, and a class order is a setting of its own;
+    # per-seed is van de Ven & Tolias's protocol (their split-MNIST deals the digits anew for every seed)
+    HParam("class_shuffle", str, "none", "split benchmarks: none: every seed's tasks take class_order (or the "
+           "natural order); per-seed: each seed deals the classes to the tasks in an order drawn from the seed, so "
+           "a trial's mean is over class orders too, as van de Ven & Tolias's code does", choices=CLASS_SHUFFLES,
+           kind=SETTING, per_sweep=True),
     HParam("data_root", str, None, "data root in torchvision's layout; none: $SWEEP_DATA_ROOT, else ./data",
            path="folder", nullable=True, kind=SETTING, per_sweep=True, recorded=False),
     HParam("val_fraction", float, 0.1, "share of each task's training data held out for validation, which the "

@@ -270,6 +270,11 @@ CASES = [
     cli("train: unknown device", "tpu", "train", "--device", "tpu"),
     cli("train: unknown optimizer", "rmsprop", "train", "--optimizer", "rmsprop"),
     cli("train: class order of 3 classes", "class_order", "train", "--class-order", "0,1,2"),
+    cli("train: class shuffle with a class order", "set one of them", "train", "--class-shuffle", "per-seed",
+        "--class-order", "9,8,7,6,5,4,3,2,1,0"),
+    cli("train: class shuffle on permuted-mnist", "not a split of its classes", "train", "--class-shuffle",
+        "per-seed", "--benchmark", "permuted-mnist"),
+    cli("train: class shuffle unknown", "allowed: none, per-seed", "train", "--class-shuffle", "random"),
     cli("train: meta device", "meta", "train", "--device", "meta"),
     # 8 layers of 65536: 34 billion parameters, far more memory than any test machine has (estimated, never allocated)
     cli("train: model larger than memory", "hidden", "train", "--hidden", ",".join(["65536"] * 8)),

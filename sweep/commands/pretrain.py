@@ -41,10 +41,10 @@ def pretrain(
     Returns:
         (model, benchmark, val accuracy, test accuracy) on task 1.
     """
-    from sweep.train.trainer import build_run, iter_sequence, load_benchmark
+    from sweep.train.trainer import build_run, iter_sequence, load_benchmark, seed_benchmark
 
     source = config.replace(strategy="naive", frozen_layers=0, pretrained=None)
-    benchmark = load_benchmark(source) if benchmark is None else benchmark
+    benchmark = load_benchmark(source) if benchmark is None else seed_benchmark(source, benchmark)
     model, strategy = build_run(source, benchmark)
     steps = iter_sequence(benchmark, model, strategy, source, device=device)
     report = next(steps)

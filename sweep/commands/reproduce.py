@@ -265,7 +265,7 @@ def search(row: Row, protocol: str, setup: dict[str, Any], settings: Settings) -
     first = protocol.startswith("first-tasks")
     # the paper's trainer settings, except those the row fixes otherwise or searches (SGD's learning rate)
     extra = {k: list(v) if isinstance(v, tuple) else v for k, v in setup.items()
-             if k in ("hidden", "optimizer", "lr", "batch_size", "optimizer_state")
+             if k in ("hidden", "optimizer", "lr", "batch_size", "optimizer_state", "class_shuffle")
              and k not in row.fixed and k not in row.params}
     options = SweepOptions(
         strategy=row.strategy, study=protocol, results_dir=str(row_dir), space_file=str(space),

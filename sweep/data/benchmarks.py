@@ -18,17 +18,21 @@ import functools
 import numbers
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
 
 from sweep import hparams
 from sweep.data.holdout import check_holdout, holdout_mask, resolve_data_root
 from sweep.data.idx import read_idx
 from sweep.data.plans import TaskPlan, build_task, plan_fashion_mnist, plan_mnist_fashion, plan_permuted, plan_split
 from sweep.data.readers import load_dataset
-from sweep.data.tasks import Benchmark, Task
+from sweep.data.tasks import Benchmark, Split, Task
 from sweep.errors import SweepError, did_you_mean
 
-__all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "read_idx", "resolve_data_root"]
+__all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "read_idx", "resolve_data_root", "seed_class_order",
+           "shuffle_classes"]
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,68 @@ def build_benchmark(
     }
     return Benchmark(name=name, scenario=scenario, tasks=tasks, num_classes=_num_classes(scenario, plans, tasks),
                      input_shape=tuple(tasks[0].train.x.shape[1:]), info=info)
+
+
+def seed_class_order(num_classes: int, seed: int) -> tuple[int, ...]:
+    """The order in which a seed's tasks take the classes under ``class_shuffle: per-seed``.
+
+    As van de Ven & Tolias's code (``data.py``, ``get_multitask_experiment``): a permutation p of the
+    labels is drawn, label y becomes p[y], and task k takes the permuted labels 2k, 2k+1, ...; task k's
+    original labels are then ``argsort(p)[2k:2k+2]``. Drawn from ``RandomState(seed)``, a stream of its own.
+    """
+    permutation = np.random.RandomState(seed).permutation(num_classes)
+    return tuple(int(label) for label in np.argsort(permutation))
+
+
+def shuffle_classes(benchmark: Benchmark, seed: int) -> Benchmark:
+    """``benchmark``, a split benchmark, with its classes dealt to the tasks in the order
+    :func:`seed_class_order` draws for ``seed``; no file is read again. The same benchmark when it is
+    already dealt for ``seed``.
+
+    Each image keeps its split (the validation hold-out is per image, whatever the order) and each task
+    holds the same images, targets and classes as ``build_benchmark(..., class_order=order)`` would give;
+    within a task the images come class by class rather than interleaved, which only changes which
+    image a batch index names.
+
+    Raises:
+        SweepError: the benchmark's tasks are not a split of its classes.
+    """
+    spec = BENCHMARKS.get(benchmark.name)
+    if spec is None or not spec.class_split:
+        allowed = ", ".join(n for n, s in BENCHMARKS.items() if s.class_split)
+        raise SweepError(f"class_shuffle per-seed does not apply to {benchmark.name}: its tasks are not a split of "
+                         f"its classes (class_shuffle per-seed is for {allowed})")
+    if benchmark.info.get("class_shuffle_seed") == seed:
+        return benchmark
+    dealt = [list(labels) for labels in benchmark.info["task_labels"]]  # type: ignore[attr-defined]
+    order = seed_class_order(sum(len(labels) for labels in dealt), seed)
+    plans = spec.plan(benchmark.num_tasks, order)
+    tasks = tuple(_dealt_task(benchmark, dealt, plan.name, plan.labels) for plan in plans)
+    info = {**benchmark.info, "class_order": list(order), "task_labels": [list(plan.labels) for plan in plans],
+            "class_shuffle_seed": int(seed)}
+    return replace(benchmark, tasks=tasks, info=info)
+
+
+def _dealt_task(benchmark: Benchmark, dealt: list[list[int]], name: str, labels: tuple[int, ...]) -> Task:
+    """The task of original ``labels`` gathered from ``benchmark``'s tasks, which hold the original labels
+    ``dealt`` (split benchmarks: a target is the label itself, or its position in its task's labels in
+    domain-incremental form)."""
+    domain = benchmark.scenario == "domain"
+    target = {label: (position if domain else label) for position, label in enumerate(labels)}
+
+    def gather(which: str) -> Split:
+        xs, ys = [], []
+        for label in labels:
+            t = next(i for i, task_labels in enumerate(dealt) if label in task_labels)
+            split: Split = getattr(benchmark.tasks[t], which)
+            stored = dealt[t].index(label) if domain else label
+            rows = torch.nonzero(split.y == stored).flatten()
+            xs.append(split.x[rows])
+            ys.append(torch.full((len(rows),), target[label], dtype=split.y.dtype))
+        return Split(torch.cat(xs), torch.cat(ys))
+
+    classes = tuple(target[label] for label in labels)
+    return Task(name=name, classes=classes, train=gather("train"), val=gather("val"), test=gather("test"))
 
 
 def _plan(spec: BenchmarkSpec, num_tasks: int, class_order: Sequence[int] | None) -> tuple[TaskPlan, ...]:

@@ -346,11 +346,48 @@ def build_run(config: TrainConfig, benchmark: Benchmark) -> tuple[LayeredModel, 
 
 
 def load_benchmark(config: TrainConfig) -> Benchmark:
+    """``config``'s benchmark as its seed sees it (:func:`seed_benchmark`)."""
     from sweep.data.benchmarks import build_benchmark
 
-    return build_benchmark(
+    check_class_shuffle(config)  # before any file is read
+    return seed_benchmark(config, build_benchmark(
         config.benchmark, config.scenario, config.num_tasks, config.class_order, config.data_root, config.val_fraction
-    )
+    ))
+
+
+def seed_benchmark(config: TrainConfig, benchmark: Benchmark) -> Benchmark:
+    """The tasks ``config.seed`` trains on: ``benchmark`` itself, or under ``class_shuffle: per-seed`` its classes
+    dealt in the seed's own order (the same benchmark when it is already dealt for that seed).
+
+    Raises:
+        ConfigError: as :func:`check_class_shuffle`.
+    """
+    if config.class_shuffle == "none":
+        return benchmark
+    from sweep.data.benchmarks import shuffle_classes
+
+    check_class_shuffle(config)
+    return shuffle_classes(benchmark, config.seed)
+
+
+def check_class_shuffle(config: TrainConfig) -> None:
+    """Refuse ``class_shuffle: per-seed`` with a class order, with pretrained weights (trained on one task 1),
+    or on a benchmark whose tasks are not a split of its classes."""
+    if config.class_shuffle == "none":
+        return
+    from sweep.data.benchmarks import BENCHMARKS
+
+    spec = BENCHMARKS.get(config.benchmark)
+    if spec is None or not spec.class_split:
+        allowed = ", ".join(name for name, s in BENCHMARKS.items() if s.class_split)
+        raise ConfigError(f"class_shuffle per-seed does not apply to benchmark {config.benchmark}: its tasks are "
+                          f"not a split of its classes (class_shuffle per-seed is for {allowed})")
+    if config.class_order is not None:
+        raise ConfigError(f"class_shuffle per-seed draws each seed's class order; it cannot be combined with "
+                          f"class_order {list(config.class_order)}: set one of them")
+    if config.pretrained is not None:
+        raise ConfigError(f"class_shuffle per-seed gives every seed its own task 1, but pretrained "
+                          f"{config.pretrained} was trained on one task 1: use init_weights, or class_shuffle none")
 
 
 def run_config(
@@ -362,6 +399,6 @@ def run_config(
     progress: Callable[[int, int, int], None] | None = None,
 ) -> SequenceResult:
     """Build the benchmark (unless given), a seeded model and the strategy, and train."""
-    benchmark = load_benchmark(config) if benchmark is None else benchmark
+    benchmark = load_benchmark(config) if benchmark is None else seed_benchmark(config, benchmark)
     model, strategy = build_run(config, benchmark)
     return train_sequence(benchmark, model, strategy, config, device=device, callback=callback, progress=progress)

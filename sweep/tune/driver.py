@@ -155,11 +155,14 @@ def _check_inputs(o: SweepOptions, space: SearchSpace, base: dict[str, Any]) -> 
     from sweep.data.benchmarks import build_benchmark
     from sweep.models import build_model, load_weights
     from sweep.models.builtin import DROPOUT_MODELS
+    from sweep.train.trainer import check_class_shuffle, seed_benchmark
     from sweep.tune.trial import trial_config
 
     config0 = trial_config(base, {})
+    check_class_shuffle(config0)
     benchmark = build_benchmark(config0.benchmark, config0.scenario, config0.num_tasks, config0.class_order,
                                 config0.data_root, config0.val_fraction)
+    seed_benchmark(config0, benchmark)  # class_shuffle per-seed: each trial deals its seeds' own tasks
     model0 = build_model(config0.model, benchmark.input_shape, benchmark.num_classes, config0.hidden,
                          config0.dropout)
     n_layers = len(model0.layers())

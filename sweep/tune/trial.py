@@ -22,7 +22,7 @@ from sweep.config import TrainConfig
 from sweep.data.tasks import Benchmark, Split, Task
 from sweep.metrics import all_metrics
 from sweep.results.schema import METRICS, SPLITS, metric_column
-from sweep.train.trainer import EpochReport, SequenceResult, TaskReport, build_run, iter_sequence
+from sweep.train.trainer import EpochReport, SequenceResult, TaskReport, build_run, iter_sequence, seed_benchmark
 from sweep.tune.prefix_cache import PrefixCache, prefix_key
 from sweep.tune.pruning import END, RungPlan, rung_key
 
@@ -284,11 +284,12 @@ def _seed_runs(
     runs = []
     for seed in seeds:
         seeded = config.replace(seed=seed)
-        model, strategy = build_run(seeded, benchmark)
+        tasks = seed_benchmark(seeded, benchmark)  # class_shuffle per-seed: this seed's own tasks
+        model, strategy = build_run(seeded, tasks)
         # a strategy whose state after task 1 must stay in memory (genreplay's generator) trains task 1 itself
         cached = prefix_dir if prefix_dir and strategy.prefix_cacheable else None
-        prefix = PrefixCache(cached, prefix_key(seeded, benchmark)) if cached else None
-        runs.append(iter_sequence(benchmark, model, strategy, seeded, device=device, prefix=prefix,
+        prefix = PrefixCache(cached, prefix_key(seeded, tasks)) if cached else None
+        runs.append(iter_sequence(tasks, model, strategy, seeded, device=device, prefix=prefix,
                                   epoch_reports=rungs.reports_after if rungs is not None else False))
     return runs
 
