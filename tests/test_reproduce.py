@@ -120,3 +120,16 @@ def test_a_study_resumes_only_under_its_own_protocol(smoke: Path, tmp_path: Path
                            extra={k: base[k] for k in ("hidden", "optimizer", "lr", "batch_size", "optimizer_state")})
     with pytest.raises(ConfigError, match="protocol differs from the study's"):
         run_sweep(options)
+
+
+def test_van_de_ven_rows_deal_each_seed_its_own_digits(ray_session: object, tmp_path: Path):
+    """The paper's code deals the digits to the tasks anew for every seed: its search trials and its final runs
+    do too (class_shuffle per-seed reaches the sweep's trials through the row's setup, not only the final runs)."""
+    assert main(["reproduce", "vandeven2019", "--smoke", "--rows", "ewc-task", "--protocol", "end",
+                 "--results", str(tmp_path), "--quiet"]) == 0
+    row = tmp_path / "reproduce-smoke" / "vandeven2019" / "ewc-task"
+    trials = pq.read_table(row / "end" / "trials.parquet").to_pandas()
+    search = trials[trials["role"] == "search"]
+    assert len(search) == 2 and all(json.loads(c)["class_shuffle"] == "per-seed" for c in search["config"])
+    final = json.loads((row / "final-end.json").read_text())
+    assert final["config"]["class_shuffle"] == "per-seed"
