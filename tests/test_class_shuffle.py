@@ -18,18 +18,13 @@ from sweep.tune.trial import run_trial
 SPLITS = ("train", "val", "test")
 
 
-def _rows(split) -> list[tuple[tuple[int, ...], int]]:
-    """A split as a sorted list of (image bytes, target): equal lists hold the same samples, in any order."""
-    return sorted(zip(map(tuple, split.x.reshape(len(split), -1).tolist()), split.y.tolist()))
-
-
 def test_the_order_is_van_de_ven_and_tolias_label_permutation() -> None:
     # their data.py: label y becomes p[y] and task k takes the permuted labels 2k and 2k+1
     for seed in (0, 1, 1000, 2**32 - 1):
         p = np.random.RandomState(seed).permutation(10)
         order = seed_class_order(10, seed)
-        for k in range(5):
-            assert set(order[2 * k: 2 * k + 2]) == {int(y) for y in range(10) if p[y] in (2 * k, 2 * k + 1)}
+        # position j of task k (the domain-incremental target j) is the label the permutation sends to 2k + j
+        assert order == tuple(int(np.flatnonzero(p == position)[0]) for position in range(10))
     assert seed_class_order(10, 1000) != seed_class_order(10, 1001)
 
 
@@ -46,8 +41,9 @@ def test_dealt_tasks_hold_what_a_build_with_that_order_holds(scenario: str) -> N
     assert masks == (None, None) if scenario != "task" else torch.equal(*masks)
     for mine, theirs in zip(dealt.tasks, built.tasks):
         assert (mine.name, mine.classes) == (theirs.name, theirs.classes)
-        for split in SPLITS:  # each image keeps its split: the validation hold-out does not move with the order
-            assert _rows(getattr(mine, split)) == _rows(getattr(theirs, split)), (mine.name, split)
+        for split in SPLITS:  # tensor for tensor, in the dataset's order; each image keeps its split
+            for field in ("x", "y", "rows"):
+                assert torch.equal(getattr(getattr(mine, split), field), getattr(getattr(theirs, split), field))
     assert [task.name for task in natural.tasks] == ["digits 0,1", "digits 2,3", "digits 4,5", "digits 6,7",
                                                      "digits 8,9"]  # the benchmark dealt from is not touched
 
@@ -64,22 +60,44 @@ def test_dealing_is_the_same_from_any_deal() -> None:
 
 
 def _config(**values) -> TrainConfig:
-    return TrainConfig(benchmark="split-digits", scenario="task", num_tasks=5, hidden=(32,), epochs=1,
-                       batch_size=64, **values)
+    return TrainConfig(**{"benchmark": "split-digits", "scenario": "task", "num_tasks": 5, "hidden": (32,),
+                          "epochs": 1, "batch_size": 64, **values})
 
 
-def test_a_trial_deals_each_seed_its_own_tasks_as_sweep_train_does() -> None:
-    natural = build_benchmark("split-digits", "task", num_tasks=5)
-    config = _config(class_shuffle="per-seed")
-    trial = run_trial(config, natural, [11, 12], lambda metrics: None)
+@pytest.mark.parametrize("scenario", ["class", "task"])
+def test_a_trial_runs_each_seed_on_its_own_class_order(scenario: str, tmp_path) -> None:
+    natural = build_benchmark("split-digits", scenario, num_tasks=5)
+    config = _config(class_shuffle="per-seed", scenario=scenario, strategy="ewc", fisher="batched")
+    trial = run_trial(config, natural, [11, 12], lambda metrics: None, prefix_dir=str(tmp_path))
     assert trial["status"] == "finished"
     for seed in (11, 12):
-        alone = run_config(config.replace(seed=seed))  # sweep train --seed S --class-shuffle per-seed
-        assert np.allclose(np.array(trial["accuracy"][str(seed)]["test"]), alone.test)
-        assert np.allclose(np.array(trial["accuracy"][str(seed)]["val"]), alone.val)
-    # and it is not the natural order's run: the same seed without the shuffle trains other tasks
-    plain = run_config(_config(seed=11))
-    assert not np.allclose(plain.test, np.array(trial["accuracy"]["11"]["test"]))
+        # the run of that seed's class order (sweep train --class-order ...), and of sweep train --class-shuffle
+        ordered = run_config(config.replace(seed=seed, class_shuffle="none", class_order=seed_class_order(10, seed)))
+        alone = run_config(config.replace(seed=seed))
+        for result in (ordered, alone):
+            assert np.array_equal(np.array(trial["accuracy"][str(seed)]["test"]), result.test)
+            assert np.array_equal(np.array(trial["accuracy"][str(seed)]["val"]), result.val)
+    # a second trial restores task 1 from the cache, each seed from its own entry
+    again = run_trial(config, natural, [11, 12], lambda metrics: None, prefix_dir=str(tmp_path))
+    assert again["task1_samples"] == 0 and again["accuracy"] == trial["accuracy"]
+
+
+def test_first_tasks_cut_each_seed_dealt_sequence() -> None:
+    natural = build_benchmark("split-digits", "class", num_tasks=5)
+    config = _config(class_shuffle="per-seed", scenario="class")
+    whole = run_trial(config, natural, [5], lambda metrics: None)
+    first = run_trial(config, natural, [5], lambda metrics: None, num_tasks=2)  # --protocol first-tasks 2
+    assert first["status"] == "finished" and first["tasks_done"] == 2
+    assert np.array_equal(np.array(first["accuracy"]["5"]["test"]), np.array(whole["accuracy"]["5"]["test"])[:2, :2])
+
+
+def test_training_an_undealt_benchmark_is_refused() -> None:
+    from sweep.train.trainer import build_run, train_sequence
+
+    natural = build_benchmark("split-digits", "task", num_tasks=5)
+    config = _config(class_shuffle="per-seed")
+    with pytest.raises(ConfigError, match="seed_benchmark"):
+        train_sequence(natural, *build_run(config, natural), config)
 
 
 def test_refused_where_it_cannot_apply() -> None:

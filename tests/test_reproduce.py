@@ -122,14 +122,32 @@ def test_a_study_resumes_only_under_its_own_protocol(smoke: Path, tmp_path: Path
         run_sweep(options)
 
 
-def test_van_de_ven_rows_deal_each_seed_its_own_digits(ray_session: object, tmp_path: Path):
-    """The paper's code deals the digits to the tasks anew for every seed: its search trials and its final runs
-    do too (class_shuffle per-seed reaches the sweep's trials through the row's setup, not only the final runs)."""
-    assert main(["reproduce", "vandeven2019", "--smoke", "--rows", "ewc-task", "--protocol", "end",
-                 "--results", str(tmp_path), "--quiet"]) == 0
+def test_van_de_ven_rows_deal_each_seed_its_own_digits(ray_session: object, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]):
+    """The paper's code deals the digits to the tasks anew for every seed: so do the row's searches (both
+    protocols: first-tasks cuts each seed's dealt sequence) and its final runs, whose seed 1000 is the run of
+    that seed's class order; a row done under another setup is refused, not shown under the new one."""
+    from sweep.config import TrainConfig
+    from sweep.data.benchmarks import seed_class_order
+    from sweep.train.trainer import run_config
+
+    argv = ["reproduce", "vandeven2019", "--smoke", "--rows", "ewc-task", "--results", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
     row = tmp_path / "reproduce-smoke" / "vandeven2019" / "ewc-task"
-    trials = pq.read_table(row / "end" / "trials.parquet").to_pandas()
-    search = trials[trials["role"] == "search"]
-    assert len(search) == 2 and all(json.loads(c)["class_shuffle"] == "per-seed" for c in search["config"])
+    for protocol in ("end", "first-tasks-2"):
+        trials = pq.read_table(row / protocol / "trials.parquet").to_pandas()
+        search = trials[trials["role"] == "search"]
+        assert len(search) == 2 and (search["status"] == "finished").all(), protocol
+        assert all(json.loads(c)["class_shuffle"] == "per-seed" for c in search["config"])
     final = json.loads((row / "final-end.json").read_text())
-    assert final["config"]["class_shuffle"] == "per-seed"
+    config = TrainConfig.from_mapping(final["config"], source="final-end.json")
+    assert config.class_shuffle == "per-seed" and final["seeds"] == [1000]
+    alone = run_config(config.replace(class_shuffle="none", class_order=seed_class_order(10, 1000), seed=1000))
+    assert final["test_acc"][0] == pytest.approx(100.0 * float(alone.test[-1].mean()), abs=1e-9)
+
+    record = final | {"config": final["config"] | {"class_shuffle": "none"}}  # as a row run before the shuffle
+    (row / "final-end.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "class_shuffle='none'" in err and "remove" in err and len(err.strip().splitlines()) == 1

@@ -43,6 +43,9 @@ def pretrain(
     """
     from sweep.train.trainer import build_run, iter_sequence, load_benchmark, seed_benchmark
 
+    if config.class_shuffle != "none":
+        raise ConfigError("sweep pretrain trains one task 1, but class_shuffle per-seed gives every seed its own: "
+                          "name the source's classes with --class-order instead")
     source = config.replace(strategy="naive", frozen_layers=0, pretrained=None)
     benchmark = load_benchmark(source) if benchmark is None else seed_benchmark(source, benchmark)
     model, strategy = build_run(source, benchmark)

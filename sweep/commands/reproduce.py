@@ -210,7 +210,9 @@ def reproduce_row(paper: Paper, row: Row, protocol: str, settings: Settings) -> 
         return {"status": reason}
     final = _final_path(settings, row, protocol)
     if final.exists():
-        return dict(json.loads(final.read_text()))
+        record = dict(json.loads(final.read_text()))
+        _check_same_setup(record, row, settings, final)
+        return record
     if not row.params:  # nothing searched: every protocol runs the same setting, once
         for other in sorted(_row_dir(settings, row).glob("final-*.json")):
             record = {**json.loads(other.read_text()), "protocol": protocol}
@@ -236,6 +238,24 @@ def reproduce_row(paper: Paper, row: Row, protocol: str, settings: Settings) -> 
               **result, "date": datetime.date.today().isoformat(), "code_version": _code_version()}
     _write(final, record)
     return record
+
+
+def _check_same_setup(record: dict[str, Any], row: Row, settings: Settings, final: Path) -> None:
+    """Refuse a row done under another version of the paper's setup (a setting since added or changed, such as
+    van de Ven & Tolias's class_shuffle): its number would sit in the table under a header it was not run with."""
+    from sweep.config import TrainConfig
+
+    if "config" not in record:
+        return
+    defaults = TrainConfig().to_dict()
+    for key, value in settings.setup.items():
+        if key in row.params or key in ("data_root", "epochs"):
+            continue
+        want = row.fixed.get(key, value)
+        had = record["config"].get(key, defaults.get(key))
+        if (list(want) if isinstance(want, tuple) else want) != had:
+            raise SweepError(f"{final} was run with {key}={had!r}, but the row's setup is now {key}={want!r}: "
+                             f"remove {final.parent} to run the row again")
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:

@@ -184,8 +184,9 @@ VANDEVEN2019 = Paper(
         "the paper's 2000 iterations a task become the whole epochs that cover them (ceil(2000·128 / training "
         "samples of digits 0 and 1, the natural task 1)): the trainer counts epochs, and each seed's task 1 holds "
         "other digits (about 1,850 to 2,100 iterations)",
-        "the digits are dealt to the tasks by each seed's own permutation, as the paper's code does, but drawn "
-        "from numpy's RandomState(seed) alone, so the seeds' orders are not the paper's",
+        "the digits are dealt to the tasks by each seed's own permutation, numpy's draw for that seed as in the "
+        "paper's code (which keeps seed 0 in natural order); the final runs' seeds (1000-1004) are not the "
+        "paper's",
         "the validation split (10% of each task's training data) is held out of training; the paper trains on all",
         "class-incremental cross-entropy runs over all 10 outputs; the paper's over the classes seen so far",
     ),

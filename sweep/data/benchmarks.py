@@ -177,7 +177,9 @@ def seed_class_order(num_classes: int, seed: int) -> tuple[int, ...]:
 
     As van de Ven & Tolias's code (``data.py``, ``get_multitask_experiment``): a permutation p of the
     labels is drawn, label y becomes p[y], and task k takes the permuted labels 2k, 2k+1, ...; task k's
-    original labels are then ``argsort(p)[2k:2k+2]``. Drawn from ``RandomState(seed)``, a stream of its own.
+    original labels are then ``argsort(p)[2k:2k+2]``. Drawn from ``RandomState(seed)``, a stream of its own:
+    the paper's draw for the same seed (``np.random.seed(seed)`` then the permutation), but for its seed 0,
+    which it keeps in natural order.
     """
     permutation = np.random.RandomState(seed).permutation(num_classes)
     return tuple(int(label) for label in np.argsort(permutation))
@@ -189,9 +191,8 @@ def shuffle_classes(benchmark: Benchmark, seed: int) -> Benchmark:
     already dealt for ``seed``.
 
     Each image keeps its split (the validation hold-out is per image, whatever the order) and each task
-    holds the same images, targets and classes as ``build_benchmark(..., class_order=order)`` would give;
-    within a task the images come class by class rather than interleaved, which only changes which
-    image a batch index names.
+    is ``build_benchmark(..., class_order=order)``'s, tensor for tensor: the same images, targets and
+    classes, in the dataset's own order (``Split.rows``), so that a seed's run is the run of that class order.
 
     Raises:
         SweepError: the benchmark's tasks are not a split of its classes.
@@ -220,15 +221,18 @@ def _dealt_task(benchmark: Benchmark, dealt: list[list[int]], name: str, labels:
     target = {label: (position if domain else label) for position, label in enumerate(labels)}
 
     def gather(which: str) -> Split:
-        xs, ys = [], []
+        xs, ys, rows = [], [], []
         for label in labels:
             t = next(i for i, task_labels in enumerate(dealt) if label in task_labels)
             split: Split = getattr(benchmark.tasks[t], which)
-            stored = dealt[t].index(label) if domain else label
-            rows = torch.nonzero(split.y == stored).flatten()
-            xs.append(split.x[rows])
-            ys.append(torch.full((len(rows),), target[label], dtype=split.y.dtype))
-        return Split(torch.cat(xs), torch.cat(ys))
+            assert split.rows is not None, "a built-in benchmark's splits know their dataset rows"
+            at = torch.nonzero(split.y == (dealt[t].index(label) if domain else label)).flatten()
+            xs.append(split.x[at])
+            ys.append(torch.full((len(at),), target[label], dtype=split.y.dtype, device=split.y.device))
+            rows.append(split.rows[at.to(split.rows.device)])
+        order = torch.argsort(torch.cat(rows))  # the dataset's order, as a build with this class order has it
+        return Split(torch.cat(xs)[order.to(xs[0].device)], torch.cat(ys)[order.to(ys[0].device)],
+                     torch.cat(rows)[order])
 
     classes = tuple(target[label] for label in labels)
     return Task(name=name, classes=classes, train=gather("train"), val=gather("val"), test=gather("test"))

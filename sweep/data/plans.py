@@ -126,7 +126,7 @@ def build_task(plan: TaskPlan, arrays: Arrays, is_val: np.ndarray, scenario: str
         flat = x.reshape(len(x), -1)
         images = flat[rows] if pixels is None else flat[np.ix_(rows, pixels)]  # one copy, this task's own
         images = images.reshape(len(rows), *((1, *x.shape[1:]) if x.ndim == 3 else x.shape[1:]))  # (N, C, H, W)
-        return Split(torch.from_numpy(images), torch.from_numpy(lookup[y[rows]]))
+        return Split(torch.from_numpy(images), torch.from_numpy(lookup[y[rows]]), torch.from_numpy(rows))
 
     return Task(
         name=plan.name,

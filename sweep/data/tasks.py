@@ -22,12 +22,15 @@ __all__ = ["SCENARIOS", "Benchmark", "Split", "Task", "to_float"]
 class Split:
     x: Tensor  # (N, C, H, W) uint8, or float32 for user data
     y: Tensor  # (N,) int64 targets
+    # (N,) int64: each image's row in the dataset it was read from (built-in benchmarks; None for user data):
+    # what lets class_shuffle deal a task's images in the order a build with that class order would give
+    rows: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), self.rows)
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,9 @@ def iter_sequence(
     without it (by a ``reset`` trial with the same key) is computed again, with it.
     """
     started = time.perf_counter()
+    if config.class_shuffle != "none" and benchmark.info.get("class_shuffle_seed") != config.seed:
+        raise ConfigError(f"class_shuffle {config.class_shuffle}: seed {config.seed}'s tasks are dealt by "
+                          "seed_benchmark(config, benchmark) before training; this benchmark was not")
     device = parse_device(device)
     benchmark = benchmark.to(device)
     model.to(device).train()

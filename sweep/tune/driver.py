@@ -9,7 +9,6 @@ left "running" really ended, so the two never disagree and no trial is recorded 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import shutil
@@ -88,17 +87,19 @@ def run_sweep(o: SweepOptions) -> SweepSummary:
     meta = _study_meta(o, space, base, study)
     exists = _check_study_dir(o, study_dir, meta)
     check_writable(results_dir)
-    benchmark = first_tasks(_check_inputs(o, space, base), o)
-    return _start(o, space, base, study, study_dir, meta, exists, benchmark)
+    benchmark = _check_inputs(o, space, base)
+    return _start(o, space, base, study, study_dir, meta, exists, benchmark, first_tasks(benchmark, o))
 
 
-def first_tasks(benchmark: Benchmark, o: SweepOptions) -> Benchmark:
-    """The tasks the study's trials run: all of them, or the first K with ``--protocol first-tasks K``."""
+def first_tasks(benchmark: Benchmark, o: SweepOptions) -> int:
+    """How many tasks the study's trials run: all of them, or the first K with ``--protocol first-tasks K``.
+    The trials get the whole benchmark and cut it themselves, after ``class_shuffle`` has dealt each seed's
+    classes over all the tasks."""
     if o.protocol == "end":
-        return benchmark
+        return benchmark.num_tasks
     check_protocol(o.protocol, o.protocol_tasks, benchmark.num_tasks)
     assert o.protocol_tasks is not None
-    return dataclasses.replace(benchmark, tasks=benchmark.tasks[: o.protocol_tasks])
+    return o.protocol_tasks
 
 
 def _set_ray_environment() -> None:
@@ -184,7 +185,7 @@ def _check_inputs(o: SweepOptions, space: SearchSpace, base: dict[str, Any]) -> 
 
 
 def _start(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, study_dir: Path,
-           meta: dict[str, Any], exists: bool, benchmark: Benchmark) -> SweepSummary:
+           meta: dict[str, Any], exists: bool, benchmark: Benchmark, num_tasks: int) -> SweepSummary:
     """Take the study's lock, start Ray, write the study file and run; a folder made here and left no
     study (a failure before the study file) is removed again."""
     from sweep.tune.trial import benchmark_to_arrays
@@ -215,7 +216,7 @@ def _start(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str
         if o.log:  # the same for --log's folder: a resume that adds --log records it now
             record_in_study(study_dir, TRACKERS_FOLDER)
             prepare_folders(study_dir, trackers(o.log))
-        return _run(o, space, base, study, study_dir, benchmark_to_arrays(benchmark), benchmark.num_tasks)
+        return _run(o, space, base, study, study_dir, benchmark_to_arrays(benchmark), num_tasks)
     except OSError as err:  # a full disk or a read-only mount on the way: one line, never a traceback
         resumable = not created and (study_dir / STUDY_FILE).exists()
         raise SweepError(f"cannot write the study {study_dir}: {err.strerror or err}"

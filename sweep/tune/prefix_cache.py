@@ -30,6 +30,8 @@ from sweep.hparams import prefix_free
 
 WEIGHT_FILES = ("init_weights", "pretrained")  # config fields naming files: their contents are in the key too
 NOT_IN_KEY = ("threads",)  # how many threads computed the state, not what it is: the key of before it existed
+# fields added later, at the value that trains as before they existed: left out, so earlier entries still match
+KEY_AS_BEFORE = (("class_shuffle", "none"),)
 
 
 def prefix_free_fields(strategy_spec: str) -> set[str]:
@@ -49,7 +51,8 @@ def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:
     from sweep import __version__
 
     free = prefix_free_fields(config.strategy)
-    fields = {k: v for k, v in config.to_dict().items() if k not in free and k not in NOT_IN_KEY}
+    fields = {k: v for k, v in config.to_dict().items() if k not in free and k not in NOT_IN_KEY
+              and (k, v) not in KEY_AS_BEFORE}
     from sweep.strategies.registry import strategy_components
 
     identity = {

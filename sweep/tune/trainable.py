@@ -49,6 +49,7 @@ def tune_trainable(params: dict[str, Any], payload: dict[str, Any] | None = None
     # where it reports inside tasks: from its own epochs (a space may search them), counted over a task's phases
     # as the trainer counts them (LP-FT's probing epochs come first)
     epochs = config.epochs + (config.lp_epochs if "lpft" in parse_strategy(config.strategy) else 0)
-    rungs = RungPlan(benchmark.num_tasks, epochs, **setup["rungs"]) if setup.get("rungs") else None
+    num_tasks = int(setup.get("num_tasks") or benchmark.num_tasks)  # K of --protocol first-tasks K
+    rungs = RungPlan(num_tasks, epochs, **setup["rungs"]) if setup.get("rungs") else None
     run_trial(config, benchmark, list(setup["seeds"]), report, device=trial_device(), objective=setup.get("objective"),
-              prefix_dir=trial_prefix_dir(setup, node, where), rungs=rungs)
+              prefix_dir=trial_prefix_dir(setup, node, where), rungs=rungs, num_tasks=num_tasks)

@@ -43,7 +43,9 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
 def benchmark_to_arrays(benchmark: Benchmark) -> dict[str, Any]:
     tasks = [
         {"name": t.name, "classes": list(t.classes),
-         **{f"{s}_{k}": getattr(getattr(t, s), k).cpu().numpy() for s in ("train", "val", "test") for k in "xy"}}
+         **{f"{s}_{k}": getattr(getattr(t, s), k).cpu().numpy() for s in ("train", "val", "test") for k in "xy"},
+         **{f"{s}_rows": getattr(t, s).rows.numpy() for s in ("train", "val", "test")  # type: ignore[union-attr]
+            if getattr(t, s).rows is not None}}
         for t in benchmark.tasks
     ]
     return {"name": benchmark.name, "scenario": benchmark.scenario, "num_classes": benchmark.num_classes,
@@ -56,7 +58,8 @@ def benchmark_from_arrays(payload: dict[str, Any]) -> Benchmark:
         warnings.filterwarnings("ignore", message=".*not writable.*")
         tasks = tuple(
             Task(t["name"], tuple(t["classes"]),
-                 *(Split(torch.from_numpy(t[f"{s}_x"]), torch.from_numpy(t[f"{s}_y"]))
+                 *(Split(torch.from_numpy(t[f"{s}_x"]), torch.from_numpy(t[f"{s}_y"]),
+                         torch.from_numpy(t[f"{s}_rows"]) if f"{s}_rows" in t else None)
                    for s in ("train", "val", "test")))
             for t in payload["tasks"]
         )
@@ -127,6 +130,7 @@ def run_trial(
     objective: dict[str, float] | None = None,
     prefix_dir: str | None = None,
     rungs: RungPlan | None = None,
+    num_tasks: int | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` on every seed in lockstep, call ``report(metrics)`` after each task and rung.
 
@@ -142,6 +146,8 @@ def run_trial(
         rungs: where the trial also reports inside tasks (:mod:`sweep.tune.pruning`); a report at a
             rung carries ``rung_task`` and ``rung_epoch`` (0: the task's end) and the validation
             metrics only. None: after each task only.
+        num_tasks: the first K tasks only (``--protocol first-tasks K``), cut after each seed's tasks are dealt
+            (``class_shuffle``); None: all of them.
 
     Every report carries the work done so far (``compute_samples``, ``optimizer_steps``, ...,
     summed over the seeds) and the accuracy rows of the tasks finished so far.
@@ -151,9 +157,10 @@ def run_trial(
     """
     device = device or torch.device("cpu")
     started = time.perf_counter()
-    benchmark = benchmark.to(device)
-    runs = _seed_runs(config, benchmark, seeds, device, prefix_dir, rungs)
-    T = benchmark.num_tasks
+    if config.class_shuffle == "none":
+        benchmark = benchmark.to(device)  # once for every seed; dealt tasks go to the device one seed at a time
+    T = num_tasks or benchmark.num_tasks
+    runs = _seed_runs(config, benchmark, seeds, device, prefix_dir, rungs, T)
     pending: list[Report] = [_advance(run) for run in runs]
     tasks: list[TaskReport | None] = [None] * len(seeds)  # each seed's latest task report
     tasks_done, final = 0, {}
@@ -278,13 +285,17 @@ def _position_result(pending: list[Report], tasks: list[TaskReport | None], seed
 
 def _seed_runs(
     config: TrainConfig, benchmark: Benchmark, seeds: list[int], device: torch.device, prefix_dir: str | None,
-    rungs: RungPlan | None,
+    rungs: RungPlan | None, num_tasks: int,
 ) -> list[Generator[TaskReport | EpochReport, None, SequenceResult]]:
-    """One trainer generator per seed, each on its own seeded model and strategy (and prefix cache entry)."""
+    """One trainer generator per seed, each on its own seeded model and strategy (and prefix cache entry), on
+    the seed's tasks (``class_shuffle``) cut to the first ``num_tasks``."""
     runs = []
     for seed in seeds:
         seeded = config.replace(seed=seed)
-        tasks = seed_benchmark(seeded, benchmark)  # class_shuffle per-seed: this seed's own tasks
+        tasks = seed_benchmark(seeded, benchmark)  # class_shuffle per-seed: this seed's own tasks, then the cut
+        if num_tasks < tasks.num_tasks:
+            tasks = dataclasses.replace(tasks, tasks=tasks.tasks[:num_tasks])
+        tasks = tasks.to(device)
         model, strategy = build_run(seeded, tasks)
         # a strategy whose state after task 1 must stay in memory (genreplay's generator) trains task 1 itself
         cached = prefix_dir if prefix_dir and strategy.prefix_cacheable else None
