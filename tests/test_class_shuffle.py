@@ -106,3 +106,17 @@ def test_refused_where_it_cannot_apply() -> None:
         run_config(_config(class_shuffle="per-seed", class_order=tuple(range(9, -1, -1))), natural)
     with pytest.raises(ConfigError, match="pretrained"):
         run_config(_config(class_shuffle="per-seed", pretrained="weights.pt"), natural)
+
+
+def test_sweep_train_says_which_tasks_the_seed_dealt(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from sweep.cli import main
+
+    argv = ["train", "--num-tasks", "5", "--epochs", "1", "--hidden", "32", "--seed", "4", "--no-progress"]
+    assert main([*argv, "--class-shuffle", "per-seed", "--json"]) == 0
+    order = seed_class_order(10, 4)
+    names = [f"digits {order[i]},{order[i + 1]}" for i in range(0, 10, 2)]
+    assert json.loads(capsys.readouterr().out)["tasks"] == names
+    assert main([*argv, "--class-shuffle", "per-seed"]) == 0
+    assert " | ".join(names) in capsys.readouterr().out

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         payload = {
             "config": config.to_dict(),
+            "tasks": [task.name for task in benchmark.tasks],  # class_shuffle per-seed: this seed's deal
             "status": result.status,
             "reason": result.reason,
             "accuracy": {"val": _nan_to_none(result.val), "test": _nan_to_none(result.test)},
@@ -94,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
         return 0 if result.status == "finished" else 1
     print(f"{config.strategy} on {config.benchmark} ({config.scenario}-incremental, {benchmark.num_tasks} tasks, "
           f"{config.model}, seed {config.seed}), {result.duration_s:.1f}s")
+    if config.class_shuffle != "none":
+        print(f"tasks of seed {config.seed} (class_shuffle {config.class_shuffle}): "
+              + " | ".join(task.name for task in benchmark.tasks))
     print()
     print(format_matrix(result.test, result.initial_test, "test acc %"))
     print()
