@@ -41,13 +41,13 @@ def pretrain(
     Returns:
         (model, benchmark, val accuracy, test accuracy) on task 1.
     """
-    from sweep.train.trainer import build_run, iter_sequence, load_benchmark, seed_benchmark
+    from sweep.train.trainer import build_run, iter_sequence, load_benchmark
 
     if config.class_shuffle != "none":
         raise ConfigError("sweep pretrain trains one task 1, but class_shuffle per-seed gives every seed its own: "
                           "name the source's classes with --class-order instead")
     source = config.replace(strategy="naive", frozen_layers=0, pretrained=None)
-    benchmark = load_benchmark(source) if benchmark is None else seed_benchmark(source, benchmark)
+    benchmark = load_benchmark(source) if benchmark is None else benchmark
     model, strategy = build_run(source, benchmark)
     steps = iter_sequence(benchmark, model, strategy, source, device=device)
     report = next(steps)
