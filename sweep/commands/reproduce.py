@@ -247,15 +247,19 @@ def _check_same_setup(record: dict[str, Any], row: Row, settings: Settings, fina
 
     if "config" not in record:
         return
+    again = f"remove {final.parent} to run the row again"
+    searched = sorted(record.get("chosen") or {})
+    if searched != sorted(row.params):
+        raise SweepError(f"{final} searched {', '.join(searched) or 'nothing'}, but the row now searches "
+                         f"{', '.join(sorted(row.params)) or 'nothing'}: {again}")
     defaults = TrainConfig().to_dict()
-    for key, value in settings.setup.items():
+    for key, want in {**settings.setup, **row.fixed}.items():
         if key in row.params or key in ("data_root", "epochs"):
             continue
-        want = row.fixed.get(key, value)
         had = record["config"].get(key, defaults.get(key))
         if (list(want) if isinstance(want, tuple) else want) != had:
             raise SweepError(f"{final} was run with {key}={had!r}, but the row's setup is now {key}={want!r}: "
-                             f"remove {final.parent} to run the row again")
+                             f"{again}")
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
