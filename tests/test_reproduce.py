@@ -151,3 +151,25 @@ def test_van_de_ven_rows_deal_each_seed_its_own_digits(ray_session: object, tmp_
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "class_shuffle='none'" in err and "remove" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_row_done_under_another_definition_is_refused(tmp_path: Path):
+    """A row whose fixed settings or searched names changed since it ran (van de Ven & Tolias's LwF once searched
+    T, now runs the paper's T = 2) must be run again, not shown under the new definition."""
+    from types import SimpleNamespace
+
+    from sweep.commands.reproduce import _check_same_setup
+    from sweep.commands.reproductions import PAPERS
+    from sweep.errors import SweepError
+
+    paper = PAPERS["vandeven2019"]
+    row = next(r for r in paper.rows if r.key == "lwf-class")
+    settings = SimpleNamespace(setup=paper.setup)
+    config = {**{k: list(v) if isinstance(v, tuple) else v for k, v in paper.setup.items()}, **row.fixed}
+    _check_same_setup({"config": config, "chosen": {}}, row, settings, tmp_path / "final-end.json")  # the same
+    with pytest.raises(SweepError, match="searched distill_temperature, but the row now searches nothing"):
+        _check_same_setup({"config": config, "chosen": {"distill_temperature": 0.56}}, row, settings,
+                          tmp_path / "final-end.json")
+    with pytest.raises(SweepError, match="distill_weighting='alpha'"):
+        _check_same_setup({"config": {**config, "distill_weighting": "alpha"}, "chosen": {}}, row, settings,
+                          tmp_path / "final-end.json")
