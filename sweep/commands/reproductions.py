@@ -48,8 +48,8 @@ _C = {"type": "float", "low": 0.1, "high": 1.0e4, **LOG}
 _LWF = {"distill_variant": "vandeven", "distill_weighting": "task-count"}
 _DGR = {"genreplay_targets": "hard", "genreplay_weighting": "task-count"}
 # van de Ven & Tolias distil at the temperature their code defaults to (options.py: --temp 2) and search no
-# temperature: their hyperparameter searches (compare_hyperParams.py) cover EWC's λ, online EWC's γ, SI's c and
-# XdG's share; a row searching T on validation finds a different method (LwF class-IL near 50 % at T ≈ 0.6)
+# temperature: their grid searches (compare_hyperParams.py) cover EWC's λ, SI's c and XdG's share; a row searching
+# T on validation finds a different method (LwF class-IL near 50 % at T ≈ 0.6, docs/reproductions.md)
 _VDV_LWF = {**_LWF, "distill_temperature": 2.0}
 _VDV_SOFT = {"genreplay_weighting": "task-count", "genreplay_temperature": 2.0}
 _HSU_SOURCE = (
