@@ -44,7 +44,7 @@ def benchmark_to_arrays(benchmark: Benchmark) -> dict[str, Any]:
     tasks = [
         {"name": t.name, "classes": list(t.classes),
          **{f"{s}_{k}": getattr(getattr(t, s), k).cpu().numpy() for s in ("train", "val", "test") for k in "xy"},
-         **{f"{s}_rows": getattr(t, s).rows.numpy() for s in ("train", "val", "test")  # type: ignore[union-attr]
+         **{f"{s}_rows": getattr(t, s).rows.numpy() for s in ("train", "val", "test")
             if getattr(t, s).rows is not None}}
         for t in benchmark.tasks
     ]
