@@ -29,7 +29,7 @@ from sweep.data.idx import read_idx
 from sweep.data.plans import TaskPlan, build_task, plan_fashion_mnist, plan_mnist_fashion, plan_permuted, plan_split
 from sweep.data.readers import load_dataset
 from sweep.data.tasks import Benchmark, Split, Task
-from sweep.errors import SweepError, did_you_mean
+from sweep.errors import ConfigError, SweepError, did_you_mean
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "build_benchmark", "read_idx", "resolve_data_root", "seed_class_order",
            "shuffle_classes"]
@@ -185,6 +185,20 @@ def seed_class_order(num_classes: int, seed: int) -> tuple[int, ...]:
     return tuple(int(label) for label in np.argsort(permutation))
 
 
+def check_class_split(name: str) -> BenchmarkSpec:
+    """The spec of benchmark ``name``, whose tasks must be a split of its classes for ``class_shuffle per-seed``.
+
+    Raises:
+        ConfigError: they are not (or no such benchmark), naming the benchmarks where they are.
+    """
+    spec = BENCHMARKS.get(name)
+    if spec is None or not spec.class_split:
+        allowed = ", ".join(n for n, s in BENCHMARKS.items() if s.class_split)
+        raise ConfigError(f"class_shuffle per-seed does not apply to benchmark {name}: its tasks are not a split of "
+                          f"its classes (class_shuffle per-seed is for {allowed})")
+    return spec
+
+
 def shuffle_classes(benchmark: Benchmark, seed: int) -> Benchmark:
     """``benchmark``, a split benchmark, with its classes dealt to the tasks in the order
     :func:`seed_class_order` draws for ``seed``; no file is read again. The same benchmark when it is
@@ -195,13 +209,9 @@ def shuffle_classes(benchmark: Benchmark, seed: int) -> Benchmark:
     classes, in the dataset's own order (``Split.rows``), so that a seed's run is the run of that class order.
 
     Raises:
-        SweepError: the benchmark's tasks are not a split of its classes.
+        ConfigError: the benchmark's tasks are not a split of its classes.
     """
-    spec = BENCHMARKS.get(benchmark.name)
-    if spec is None or not spec.class_split:
-        allowed = ", ".join(n for n, s in BENCHMARKS.items() if s.class_split)
-        raise SweepError(f"class_shuffle per-seed does not apply to {benchmark.name}: its tasks are not a split of "
-                         f"its classes (class_shuffle per-seed is for {allowed})")
+    spec = check_class_split(benchmark.name)
     if benchmark.info.get("class_shuffle_seed") == seed:
         return benchmark
     dealt = [list(labels) for labels in benchmark.info["task_labels"]]  # type: ignore[attr-defined]

@@ -378,13 +378,9 @@ def check_class_shuffle(config: TrainConfig) -> None:
     or on a benchmark whose tasks are not a split of its classes."""
     if config.class_shuffle == "none":
         return
-    from sweep.data.benchmarks import BENCHMARKS
+    from sweep.data.benchmarks import check_class_split
 
-    spec = BENCHMARKS.get(config.benchmark)
-    if spec is None or not spec.class_split:
-        allowed = ", ".join(name for name, s in BENCHMARKS.items() if s.class_split)
-        raise ConfigError(f"class_shuffle per-seed does not apply to benchmark {config.benchmark}: its tasks are "
-                          f"not a split of its classes (class_shuffle per-seed is for {allowed})")
+    check_class_split(config.benchmark)
     if config.class_order is not None:
         raise ConfigError(f"class_shuffle per-seed draws each seed's class order; it cannot be combined with "
                           f"class_order {list(config.class_order)}: set one of them")
