@@ -43,6 +43,7 @@ class _TrainConfigMethods:
         __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
         benchmark: str
         scenario: str
+        class_outputs: str
         num_tasks: int | None
         class_order: tuple[int, ...] | None
         class_shuffle: str

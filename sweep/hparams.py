@@ -33,6 +33,7 @@ OPTIMIZERS = ("adam", "sgd")
 # reset: a fresh optimizer every task; keep: each parameter's optimizer state carries from task to task
 OPTIMIZER_STATES = ("reset", "keep")
 CLASS_SHUFFLES = ("none", "per-seed")
+CLASS_OUTPUTS = ("all", "seen")
 LR_SCHEDULES = ("constant", "cosine")  # the learning rate of tasks 2..T after its warmup
 # the built-in benchmarks and strategies, torch-free (the help lists them); tests keep them equal to
 # sweep.data.benchmarks.BENCHMARKS and sweep.strategies.registry.STRATEGIES
@@ -273,6 +274,14 @@ _DATA = (
     HParam("scenario", str, "task", "class: one head, no task id at test; task: logits restricted to the task's "
            "classes, where EWC/LwF/L2-SP trade-offs show; domain: one shared label space", choices=SCENARIOS,
            kind=SETTING, per_sweep=True),
+    # all by default: every study and cache entry so far was computed so, and a production model's head has every
+    # class from the start; seen is what both published Split-MNIST codes do (van de Ven & Tolias's active_classes,
+    # Hsu et al.'s valid_out_dim): the outputs of classes not seen yet take no part, neither pushed down nor predicted
+    HParam("class_outputs", str, "all", "class-incremental: the outputs the loss and the accuracy run over; all: "
+           "every class of the benchmark from task 1 on; seen: the classes of the tasks so far (task t's loss, the "
+           "Fisher and the accuracies measured after task t run over tasks 1..t's classes), as the published "
+           "Split-MNIST codes do", choices=CLASS_OUTPUTS, kind=SETTING, per_sweep=True,
+           active_when={"scenario": "class"}),
     HParam("num_tasks", int, None, "number of tasks; none: the benchmark's default (2 for the split benchmarks)",
            range=">= 2 (forgetting needs two tasks)", nullable=True, kind=SETTING, per_sweep=True),
     HParam("class_order", tuple, None, "the classes in the order the tasks take them; none: natural order",

@@ -112,7 +112,7 @@ def test_every_field_can_be_fixed_for_a_sweep(row: HParam):
 def test_the_views_keep_their_landed_contents():
     assert schema.MACHINE_FIELDS == ("data_root", "seed", "threads")  # threads: how fast, not what is learned
     assert set(hparams.SWEEP_LEVEL) == {"benchmark", "scenario", "num_tasks", "class_order", "class_shuffle",
-                                        "data_root", "seed",
+                                        "class_outputs", "data_root", "seed",
                                         "strategy", "pretrained", "init_weights", "model", "threads"}
     assert set(hparams.GENERAL_PARAMS) == {"lr", "finetune_lr", "epochs", "batch_size", "optimizer", "weight_decay",
                                            "frozen_layers", "lr_decay", "early_stop_patience", "warmup_epochs",

@@ -55,7 +55,8 @@ def test_prefix_free_change_shares_the_entry_and_anything_else_does_not():
     assert prefix_key(config.replace(threads=2), benchmark) == key  # how fast, not what: threads never split the cache
     changed = {"seed": 1, "lr": 2e-3, "epochs": 2, "batch_size": 32, "fisher": "empirical", "fisher_samples": 10,
                "replay_size": 31, "hidden": (128, 128), "optimizer": "sgd", "weight_decay": 1e-4,
-               "strategy": "ewc+replay", "ewc_mode": "online", "dropout": 0.2, "class_shuffle": "per-seed"}
+               "strategy": "ewc+replay", "ewc_mode": "online", "dropout": 0.2, "class_shuffle": "per-seed",
+               "class_outputs": "seen"}
     for field, value in changed.items():
         other = config.replace(**{field: value}, **({"frozen_layers": 0} if field == "strategy" else {}))
         assert prefix_key(other, benchmark) != key, field

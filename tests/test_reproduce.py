@@ -173,3 +173,26 @@ def test_a_row_done_under_another_definition_is_refused(tmp_path: Path):
     with pytest.raises(SweepError, match="distill_weighting='alpha'"):
         _check_same_setup({"config": {**config, "distill_weighting": "alpha"}, "chosen": {}}, row, settings,
                           tmp_path / "final-end.json")
+
+
+def test_a_setting_added_since_a_row_ran_refuses_only_the_rows_it_acts_on(tmp_path: Path):
+    """class_outputs seen joined van de Ven & Tolias's setup after rows had run: a class-incremental row run
+    without it must run again, a task-incremental one (where it cannot act) keeps its number."""
+    from types import SimpleNamespace
+
+    from sweep.commands.reproduce import _check_same_setup
+    from sweep.commands.reproductions import PAPERS
+    from sweep.errors import SweepError
+
+    paper = PAPERS["vandeven2019"]
+    assert paper.setup["class_outputs"] == "seen"
+    settings = SimpleNamespace(setup=paper.setup)
+    before = {k: list(v) if isinstance(v, tuple) else v for k, v in paper.setup.items() if k != "class_outputs"}
+    for key, refused in (("none-task", False), ("none-domain", False), ("none-class", True)):
+        row = next(r for r in paper.rows if r.key == key)
+        record = {"config": {**before, "scenario": row.scenario}, "chosen": {}}
+        if refused:
+            with pytest.raises(SweepError, match="class_outputs='all', but the row's setup is now class_outputs='seen"):
+                _check_same_setup(record, row, settings, tmp_path / "final-end.json")
+        else:
+            _check_same_setup(record, row, settings, tmp_path / "final-end.json")

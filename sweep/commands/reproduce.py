@@ -244,6 +244,7 @@ def _check_same_setup(record: dict[str, Any], row: Row, settings: Settings, fina
     """Refuse a row done under another version of the paper's setup (a setting since added or changed, such as
     van de Ven & Tolias's class_shuffle): its number would sit in the table under a header it was not run with."""
     from sweep.config import TrainConfig
+    from sweep.hparams import BY_NAME
 
     if "config" not in record:
         return
@@ -253,9 +254,13 @@ def _check_same_setup(record: dict[str, Any], row: Row, settings: Settings, fina
         raise SweepError(f"{final} searched {', '.join(searched) or 'nothing'}, but the row now searches "
                          f"{', '.join(sorted(row.params)) or 'nothing'}: {again}")
     defaults = TrainConfig().to_dict()
-    for key, want in {**settings.setup, **row.fixed}.items():
+    wanted = {**settings.setup, **row.fixed}
+    for key, want in wanted.items():
         if key in row.params or key in ("data_root", "epochs"):
             continue
+        field = BY_NAME.get(key)
+        if field is not None and field.inert_because({**wanted, "scenario": row.scenario}):
+            continue  # a setting the row's scenario leaves alone (class_outputs in task-IL) cannot change its number
         had = record["config"].get(key, defaults.get(key))
         if (list(want) if isinstance(want, tuple) else want) != had:
             raise SweepError(f"{final} was run with {key}={had!r}, but the row's setup is now {key}={want!r}: "

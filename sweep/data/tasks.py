@@ -67,6 +67,20 @@ class Benchmark:
             masks[t, list(task.classes)] = True
         return masks.to(device) if device is not None else masks
 
+    def scoring_masks(self, class_outputs: str = "all", device: torch.device | str | None = None) -> Tensor | None:
+        """(T, num_classes) bool: row t, the classes task t's samples are scored over. Task-incremental: its
+        own (:meth:`task_masks`); class-incremental with ``class_outputs`` ``seen``: the classes of tasks 1..t,
+        so that after task t every task is scored over row t (``evaluate_all``'s ``now``); otherwise None,
+        every class."""
+        if self.scenario == "task":
+            return self.task_masks(device)
+        if self.scenario != "class" or class_outputs == "all":
+            return None
+        masks = torch.zeros(self.num_tasks, self.num_classes, dtype=torch.bool)
+        for t, task in enumerate(self.tasks):
+            masks[t:, list(task.classes)] = True
+        return masks.to(device) if device is not None else masks
+
     def to(self, device: torch.device | str) -> Benchmark:
         return replace(self, tasks=tuple(task.to(device) for task in self.tasks))
 

@@ -82,6 +82,9 @@ class TaskContext:
     # True in the trainer: a penalty on the weights alone goes into .grad by penalty_grad, and penalty leaves it
     # out; False (a hand-written loop, a test): penalty returns the whole term, differentiable
     penalty_grads: bool = False
+    # class-incremental with class_outputs seen: (classes,) bool, the classes of the tasks so far, which the loss
+    # and the accuracies run over (ctx.logits masks the others); None: every class (task-IL masks per sample)
+    outputs: Tensor | None = None
 
     @property
     def task(self) -> Task:

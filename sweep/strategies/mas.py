@@ -61,8 +61,11 @@ class MAS(ImportancePenalty):
             seed = (ctx.generator.initial_seed() * 1_000_003 + 104_729 + ctx.task_index) % 2**63
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: self.mas_samples]
             x, n = x[order.to(x.device)], self.mas_samples
-        masks = ctx.benchmark.task_masks(ctx.device)  # task-incremental only: the norm covers the task's classes
-        columns = None if masks is None else masks[ctx.task_index].nonzero().flatten()
+        # the norm covers the outputs the task is scored over: task-incremental, the task's classes; class-
+        # incremental with class_outputs seen, the classes so far; otherwise every output
+        masks = ctx.benchmark.task_masks(ctx.device)
+        scored = masks[ctx.task_index] if masks is not None else ctx.outputs
+        columns = None if scored is None else scored.nonzero().flatten()
         importance = mas_importance(ctx.model, x, columns)
         ctx.compute.fisher_samples += n
         self.consolidate(importance, ctx.model)

@@ -18,19 +18,27 @@ from sweep.strategies.base import Compute
 EVAL_BATCH = 4096  # evaluation has no graph to keep, so large batches cost only activations
 
 
-def masked_logits(model: nn.Module, x: Tensor, task_ids: Tensor | None, masks: Tensor | None) -> Tensor:
-    """Forward pass; in task-incremental form, logits outside each sample's task are masked out."""
+def masked_logits(model: nn.Module, x: Tensor, task_ids: Tensor | None, masks: Tensor | None,
+                  now: int | None = None) -> Tensor:
+    """Forward pass; logits outside the classes a sample is scored over are masked out: in task-incremental
+    form each sample's task's (``masks[task_ids]``), in class-incremental form with seen outputs the classes
+    so far (``masks[now]``, ``now`` the task being trained)."""
     logits = model(x)  # (B, classes)
-    if masks is None or task_ids is None:
+    if masks is None:
         return logits
-    return logits.masked_fill(~masks[task_ids], torch.finfo(logits.dtype).min)
+    if task_ids is not None:
+        return logits.masked_fill(~masks[task_ids], torch.finfo(logits.dtype).min)
+    if now is not None:
+        return logits.masked_fill(~masks[now], torch.finfo(logits.dtype).min)
+    return logits
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, split: Split, task_index: int, masks: Tensor | None, batch_size: int = EVAL_BATCH
 ) -> Tensor:
-    """Accuracy of ``model`` on one split, as a 0-d tensor on the split's device (no host sync)."""
+    """Accuracy of ``model`` on one split, as a 0-d tensor on the split's device (no host sync); with
+    ``masks``, over the classes of row ``task_index``."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=split.y.device)
@@ -48,18 +56,21 @@ def evaluate(
 def evaluate_all(
     model: nn.Module, benchmark: Benchmark, masks: Tensor | None, *,
     models: Sequence[nn.Module] | None = None, seen: int | None = None, splits: Sequence[str] = ("val", "test"),
-    compute: Compute | None = None,
+    compute: Compute | None = None, now: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(val, test) accuracies of every task, one host sync for all of them.
 
     ``models[i]``, when given, evaluates task i instead of ``model``; with ``seen``, only the first
     ``seen`` tasks are evaluated and the others read NaN; a split left out of ``splits`` reads NaN.
+    ``masks`` are :meth:`Benchmark.scoring_masks`; in class-incremental form, task i is scored over row
+    max(``now``, i): the classes seen by the task just trained, or by task i when it comes later.
     The passes are added to ``compute`` when given.
     """
     T = benchmark.num_tasks
     count = T if seen is None else seen
     jobs = [(split, t, getattr(task, split)) for split in splits for t, task in enumerate(benchmark.tasks[:count])]
-    accs = [evaluate(model if models is None else models[t], data, t, masks) for _, t, data in jobs]
+    floor = now if now is not None and benchmark.scenario == "class" else -1
+    accs = [evaluate(model if models is None else models[t], data, max(t, floor), masks) for _, t, data in jobs]
     if compute is not None:
         compute.eval_passes += len(jobs)
         compute.eval_samples += sum(len(data) for _, _, data in jobs)

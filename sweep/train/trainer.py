@@ -130,11 +130,11 @@ def iter_sequence(
     device = parse_device(device)
     benchmark = benchmark.to(device)
     model.to(device).train()
-    masks = benchmark.task_masks(device)
+    masks = benchmark.scoring_masks(config.class_outputs, device)
+    seen_outputs = masks is not None and benchmark.scenario == "class"  # class_outputs seen: masks[t] grows
     generator = torch.Generator().manual_seed(config.seed)
     T = benchmark.num_tasks
     val, test = np.full((T, T), np.nan), np.full((T, T), np.nan)
-    logits_fn = partial(masked_logits, model, masks=masks)  # (x, task_ids) -> masked (B, classes)
     first, rest = Compute(), Compute()  # task 1's work (it may come from a prefix store), the others'
     wanted = epoch_reports if callable(epoch_reports) else (lambda t, e: bool(epoch_reports))
 
@@ -146,7 +146,7 @@ def iter_sequence(
         if not wanted(t, epoch):
             return None
         val_now, test_now = val.copy(), test.copy()
-        val_now[t] = evaluate_all(model, benchmark, masks, seen=t + 1, splits=("val",), compute=ctx.compute,
+        val_now[t] = evaluate_all(model, benchmark, masks, seen=t + 1, splits=("val",), compute=ctx.compute, now=t,
                                   models=[strategy.eval_model(ctx, i) for i in range(t + 1)])[0]
         return EpochReport(t, epoch, T, val_now, test_now, initial_val, initial_test,
                            time.perf_counter() - task_started, **spent())
@@ -165,8 +165,11 @@ def iter_sequence(
     for t in range(0 if cached is None else 1, T):
         task_started = time.perf_counter()
         # the task's own counter is the running total: what an epoch report shows includes the task so far
+        # (x, task_ids) -> masked (B, classes)
+        logits_fn = partial(masked_logits, model, masks=masks, now=t if seen_outputs else None)
         ctx = TaskContext(t, benchmark, model, device, config.batch_size, generator, logits_fn,
-                          compute=first if t == 0 else rest, penalty_grads=True)
+                          compute=first if t == 0 else rest, penalty_grads=True,
+                          outputs=masks[t] if masks is not None and seen_outputs else None)
         strategy.before_task(ctx)
         report = partial(epoch_report, ctx, task_started) if epoch_reports else None
         reason = yield from _fit_task(model, strategy, ctx, config, masks, progress, report, carried)
@@ -176,7 +179,7 @@ def iter_sequence(
                                   stats=strategy.stats(), duration_s=time.perf_counter() - started, **spent())
         strategy.after_task(ctx)
         val[t], test[t] = evaluate_all(model, benchmark, masks, models=[strategy.eval_model(ctx, i) for i in range(T)],
-                                       compute=ctx.compute)
+                                       compute=ctx.compute, now=t)
         if t == 0 and prefix is not None:
             prefix.save(prefix_state(model, strategy, generator, initial_val, initial_test, val[0], test[0], carried))
         variants = _evaluate_variants(model, strategy, ctx, masks) if t == T - 1 else []
@@ -198,7 +201,7 @@ def _evaluate_variants(model: LayeredModel, strategy: Strategy, ctx: TaskContext
         if own is None:
             own = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(state)
-        val_row, test_row = evaluate_all(model, ctx.benchmark, masks, compute=ctx.compute,
+        val_row, test_row = evaluate_all(model, ctx.benchmark, masks, compute=ctx.compute, now=ctx.task_index,
                                          models=[strategy.eval_model(ctx, i) for i in range(T)])
         out.append((values, val_row, test_row))
     if own is not None:
@@ -313,9 +316,11 @@ def _train_step(run: TaskRun, optimizer: PhaseOptimizer, idx: Tensor, step: int)
     if wanted != optimizer.factor:
         optimizer.set_factor(wanted)
     raw = run.model(batch.x)  # (B, classes)
-    logits = raw if masks is None or batch.task_ids is None else raw.masked_fill(
-        ~masks[batch.task_ids], torch.finfo(raw.dtype).min
-    )
+    logits = raw
+    if batch.task_ids is not None and masks is not None:  # task-incremental: each sample's own task's classes
+        logits = raw.masked_fill(~masks[batch.task_ids], torch.finfo(raw.dtype).min)
+    elif ctx.outputs is not None:  # class-incremental, class_outputs seen: the classes so far
+        logits = raw.masked_fill(~ctx.outputs, torch.finfo(raw.dtype).min)
     loss = F.cross_entropy(logits, batch.y)
     if run.ce_weight != 1.0:
         loss = run.ce_weight * loss

@@ -31,7 +31,7 @@ from sweep.hparams import prefix_free
 WEIGHT_FILES = ("init_weights", "pretrained")  # config fields naming files: their contents are in the key too
 NOT_IN_KEY = ("threads",)  # how many threads computed the state, not what it is: the key of before it existed
 # fields added later, at the value that trains as before they existed: left out, so earlier entries still match
-KEY_AS_BEFORE = (("class_shuffle", "none"),)
+KEY_AS_BEFORE = (("class_shuffle", "none"), ("class_outputs", "all"))
 
 
 def prefix_free_fields(strategy_spec: str) -> set[str]:
