@@ -104,7 +104,8 @@ def compute_fisher(
         x: (N, ...) inputs (uint8 images are scaled to [0, 1], floats are used as they are).
         y: (N,) integer labels (``empirical`` and ``batched`` use them).
         estimator: ``exact``, ``sampled``, ``empirical`` or ``batched`` (docs/design.md: their λ scales differ).
-        classes: a task-incremental head: only these logits count (the others are masked out).
+        classes: only these logits count (the others are masked out): a task-incremental head's, or the
+            classes seen so far with ``class_outputs: seen``.
         samples: use this many samples, drawn with ``generator``; None: all of them.
         batch_size: the batch of the ``batched`` estimator (your training batch size).
         generator: CPU generator for ``samples`` and ``sampled``'s draws.
@@ -354,8 +355,12 @@ class Chosen:
     def fisher(self, model: nn.Module, x: Tensor, y: Tensor, *, classes: Sequence[int] | None = None,
                generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The Fisher with the chosen estimator and sample count, on your source data, on the config's
-        ``threads`` (default 1)."""
+        ``threads`` (default 1). A setting chosen with ``class_outputs: seen`` (class-incremental) needs
+        ``classes``, the classes seen so far: the sweep's Fisher ran over those outputs only."""
         c = self.config
+        if classes is None and c.scenario == "class" and c.class_outputs == "seen":
+            raise ConfigError("this setting was chosen with class_outputs seen: its Fisher covers the classes seen so "
+                              "far only; pass classes=[...] (the classes your model has learned)")
         return compute_fisher(model, x, y, estimator=c.fisher, classes=classes, samples=c.fisher_samples,
                               batch_size=c.batch_size, generator=generator, threads=c.threads)
 

@@ -218,3 +218,10 @@ def _check_across_fields(c: TrainConfig) -> None:
     if c.init_weights is not None and c.pretrained is not None:
         raise ConfigError("init_weights and pretrained both set: pretrained replaces every weight before task 1; "
                           "pass one")
+    if (c.scenario == "class" and c.class_outputs == "seen" and c.adapter_mode == "per-task"
+            and "adapter" in c.strategy.split("+")):
+        # its routing compares every head's confidence over all outputs; under seen, head k's rows for the classes
+        # after task k stay at their initial values, so that comparison would not mean what it does under all
+        raise ConfigError("adapter_mode per-task routes a class-incremental sample by each task's head's confidence "
+                          "over every output, which class_outputs seen leaves untrained: use class_outputs all, or "
+                          "adapter_mode merge")

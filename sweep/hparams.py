@@ -276,11 +276,13 @@ _DATA = (
            kind=SETTING, per_sweep=True),
     # all by default: every study and cache entry so far was computed so, and a production model's head has every
     # class from the start; seen is what both published Split-MNIST codes do (van de Ven & Tolias's active_classes,
-    # Hsu et al.'s valid_out_dim): the outputs of classes not seen yet take no part, neither pushed down nor predicted
+    # Hsu et al.'s valid_out_dim): the outputs of classes not seen yet take no part, neither pushed down by the loss
+    # nor predicted (weight_decay > 0 still shrinks their weights, as it does in those codes)
     HParam("class_outputs", str, "all", "class-incremental: the outputs the loss and the accuracy run over; all: "
-           "every class of the benchmark from task 1 on; seen: the classes of the tasks so far (task t's loss, the "
-           "Fisher and the accuracies measured after task t run over tasks 1..t's classes), as the published "
-           "Split-MNIST codes do", choices=CLASS_OUTPUTS, kind=SETTING, per_sweep=True,
+           "every class of the benchmark from task 1 on; seen: the classes of the tasks so far, as the published "
+           "Split-MNIST codes do (task t's loss, Fisher and MAS norm, and after task t the accuracy of tasks 1..t, "
+           "run over tasks 1..t's classes; a later task i is scored over tasks 1..i's)", choices=CLASS_OUTPUTS,
+           kind=SETTING, per_sweep=True,
            active_when={"scenario": "class"}),
     HParam("num_tasks", int, None, "number of tasks; none: the benchmark's default (2 for the split benchmarks)",
            range=">= 2 (forgetting needs two tasks)", nullable=True, kind=SETTING, per_sweep=True),

@@ -275,6 +275,9 @@ CASES = [
     cli("train: class shuffle on permuted-mnist", "not a split of its classes", "train", "--class-shuffle",
         "per-seed", "--benchmark", "permuted-mnist"),
     cli("train: class shuffle unknown", "allowed: none, per-seed", "train", "--class-shuffle", "random"),
+    cli("train: class outputs unknown", "allowed: all, seen", "train", "--class-outputs", "active"),
+    cli("train: per-task adapters under class outputs seen", "use class_outputs all, or adapter_mode merge", "train",
+        "--strategy", "adapter", "--adapter-mode", "per-task", "--scenario", "class", "--class-outputs", "seen"),
     cli("train: meta device", "meta", "train", "--device", "meta"),
     # 8 layers of 65536: 34 billion parameters, far more memory than any test machine has (estimated, never allocated)
     cli("train: model larger than memory", "hidden", "train", "--hidden", ",".join(["65536"] * 8)),

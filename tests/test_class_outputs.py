@@ -11,8 +11,7 @@ from torch import nn
 
 from sweep.config import TrainConfig
 from sweep.data.benchmarks import build_benchmark
-from sweep.strategies.ewc import EWC
-from sweep.train.evaluation import evaluate_all
+from sweep.train.evaluation import evaluate, evaluate_all
 from sweep.train.reports import TaskReport
 from sweep.train.trainer import build_run, load_benchmark, run_config, train_sequence
 
@@ -95,28 +94,63 @@ def test_after_task_t_every_task_is_scored_over_the_classes_seen_by_then() -> No
     assert val[4] == share(4, 9)  # task 5: over every class
 
 
+@pytest.mark.parametrize("strategy", ["ewc", "mas"])
 @pytest.mark.parametrize(("class_outputs", "unseen_zero"), [("seen", True), ("all", False)])
-def test_the_fisher_covers_the_classes_seen_so_far(class_outputs: str, unseen_zero: bool) -> None:
-    config = _config(class_outputs=class_outputs, strategy="ewc", ewc_lambda=1.0, fisher="exact")
+def test_the_importances_cover_the_classes_seen_so_far(strategy: str, class_outputs: str, unseen_zero: bool) -> None:
+    # EWC's Fisher (exact: every class's log-probability) and MAS's output norm, after task 1 and after task 2
+    config = _config(class_outputs=class_outputs, strategy=strategy, fisher="exact")
     bench = load_benchmark(config)
-    model, strategy = build_run(config, bench)
-    assert isinstance(strategy, EWC)
-    fishers: list[torch.Tensor] = []
+    model, penalty = build_run(config, bench)
+    importances: list[torch.Tensor] = []
 
     def after_task(report: TaskReport) -> None:
-        if report.task_index == 0:
-            fishers.append(strategy.precision["head.weight"].clone())
+        if report.task_index < 2:
+            importances.append(getattr(penalty, "omega" if strategy == "mas" else "precision")["head.weight"].clone())
+
+    train_sequence(bench, model, penalty, config, callback=after_task)
+    for t, importance in enumerate(importances):
+        later = sorted(c for task in bench.tasks[t + 1:] for c in task.classes)
+        now = sorted(bench.tasks[t].classes)
+        assert bool((importance[later] == 0).all()) is unseen_zero, t
+        assert bool((importance[now] != 0).any()), t
+
+
+def test_a_run_reports_each_task_over_the_classes_seen_by_then() -> None:
+    """The accuracy matrix's row t: task i ≤ t over the classes of tasks 1..t, a later task over its own time's."""
+    config = _config(class_outputs="seen")
+    bench = load_benchmark(config)
+    masks = bench.scoring_masks("seen")
+    model, strategy = build_run(config, bench)
+    rows: list[tuple[int, np.ndarray, list[float]]] = []
+
+    def after_task(report: TaskReport) -> None:
+        t = report.task_index
+        expected = [float(evaluate(model, bench.tasks[i].val, max(t, i), masks)) for i in range(bench.num_tasks)]
+        rows.append((t, report.val[t].copy(), expected))
 
     train_sequence(bench, model, strategy, config, callback=after_task)
-    later = sorted(c for task in bench.tasks[1:] for c in task.classes)
-    assert bool((fishers[0][later] == 0).all()) is unseen_zero
+    assert len(rows) == 5
+    for t, got, expected in rows:
+        np.testing.assert_allclose(got, expected, err_msg=f"after task {t + 1}")
 
 
-def test_all_is_the_run_of_before_and_seen_changes_class_incremental_runs_only() -> None:
-    default = run_config(_config())
-    again = run_config(_config(class_outputs="all"))
-    np.testing.assert_array_equal(default.test, again.test)
-    seen = run_config(_config(class_outputs="seen"))
-    assert not np.array_equal(seen.test, default.test)
+def test_seen_changes_class_incremental_runs_only() -> None:
+    assert TrainConfig().class_outputs == "all"  # the default trains as before the setting existed
+    assert not np.array_equal(run_config(_config(class_outputs="seen")).test, run_config(_config()).test)
     task_il = run_config(_config(scenario="task")), run_config(_config(scenario="task", class_outputs="seen"))
     np.testing.assert_array_equal(task_il[0].test, task_il[1].test)  # inert outside class-incremental form
+    domain = run_config(_config(scenario="domain")), run_config(_config(scenario="domain", class_outputs="seen"))
+    np.testing.assert_array_equal(domain[0].test, domain[1].test)
+
+
+def test_the_production_fisher_of_a_seen_setting_asks_for_the_classes_seen() -> None:
+    from sweep.api import Chosen
+    from sweep.errors import ConfigError
+
+    chosen = Chosen(_config(class_outputs="seen", strategy="ewc"))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 2, (8,))
+    with pytest.raises(ConfigError, match="pass classes="):
+        chosen.fisher(model, x, y)
+    fisher = chosen.fisher(model, x, y, classes=[0, 1])
+    assert bool((fisher["1.weight"][2:] == 0).all()) and bool((fisher["1.weight"][:2] != 0).any())

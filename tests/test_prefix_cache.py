@@ -18,6 +18,7 @@ CASES = [
     *[(name, {}, "task") for name in STRATEGIES],
     ("replay", {}, "class"),  # the buffer fill and its generator draws, class-incremental
     ("distill", {}, "class"),  # the teacher's known classes
+    ("ewc", {"class_outputs": "seen"}, "class"),  # task 2's loss, Fisher and accuracies over the classes so far
     ("ewc", {"fisher": "sampled", "fisher_samples": 100}, "task"),  # sampled labels use the generator
     ("ewc+replay+freeze", {"frozen_layers": 1, "replay_size": 40}, "task"),
     ("naive", {"finetune_lr": 1e-4}, "task"),

@@ -70,8 +70,8 @@ class Benchmark:
     def scoring_masks(self, class_outputs: str = "all", device: torch.device | str | None = None) -> Tensor | None:
         """(T, num_classes) bool: row t, the classes task t's samples are scored over. Task-incremental: its
         own (:meth:`task_masks`); class-incremental with ``class_outputs`` ``seen``: the classes of tasks 1..t,
-        so that after task t every task is scored over row t (``evaluate_all``'s ``now``); otherwise None,
-        every class."""
+        so that after task t, task i is scored over row max(t, i) (``evaluate_all``'s ``now``); otherwise
+        None, every class."""
         if self.scenario == "task":
             return self.task_masks(device)
         if self.scenario != "class" or class_outputs == "all":

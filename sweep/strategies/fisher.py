@@ -9,7 +9,8 @@
 The per-sample estimators use true per-sample gradients with no per-sample loop
 (:mod:`sweep.strategies.per_sample`: an activation rule for ``nn.Linear`` and ``nn.Conv2d``,
 ``torch.func`` for any other module). Log-probabilities come from ``logits(x, task_ids)``, the
-trainer's masked logits: over the task's own classes in task-incremental form.
+trainer's masked logits: over the task's own classes in task-incremental form, over the classes seen so
+far in class-incremental form with ``class_outputs: seen``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ over the task's N training samples (or ``mas_samples`` of them, drawn from a gen
 (Hsu et al.'s code takes it of each batch's gradient of the batch mean over samples and outputs instead: smaller,
 and its λ lives on another scale.) f(x) is the model's output vector, unmasked logits: in task-incremental form
 the task's own classes only (the head the task is evaluated with, as Hsu et al.'s multi-head code uses), in
-class- and domain-incremental form every output (the single head the model predicts with). The model runs in
+class- and domain-incremental form every output (the single head the model predicts with), but with
+``class_outputs: seen`` the classes seen so far (the outputs the task is scored over). The model runs in
 eval mode (dropout off, batch-norm statistics fixed), so samples do not mix.
 
 Over tasks Ω accumulates as a sum, Ω ← Ω + Ω_task, as in Aljundi et al.'s code and Hsu et al.'s (one importance

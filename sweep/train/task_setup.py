@@ -155,7 +155,7 @@ class TaskRun:
     model: LayeredModel
     strategy: Strategy
     ctx: TaskContext
-    masks: Tensor | None  # (tasks, classes) logit masks in task-incremental form
+    masks: Tensor | None  # (tasks, classes) Benchmark.scoring_masks: task-IL, or class-IL with class_outputs seen
     data: TrainingData
     params: list[nn.Parameter]  # what the task trains; a phase may train part of it
     plan: list[tuple[Phase, int]]  # each phase with its number of epochs
