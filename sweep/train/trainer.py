@@ -164,9 +164,8 @@ def iter_sequence(
     variants: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
     for t in range(0 if cached is None else 1, T):
         task_started = time.perf_counter()
+        logits_fn = partial(masked_logits, model, masks=masks, now=t if seen_outputs else None)  # (x, ids) -> logits
         # the task's own counter is the running total: what an epoch report shows includes the task so far
-        # (x, task_ids) -> masked (B, classes)
-        logits_fn = partial(masked_logits, model, masks=masks, now=t if seen_outputs else None)
         ctx = TaskContext(t, benchmark, model, device, config.batch_size, generator, logits_fn,
                           compute=first if t == 0 else rest, penalty_grads=True,
                           outputs=masks[t] if masks is not None and seen_outputs else None)
