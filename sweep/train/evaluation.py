@@ -18,12 +18,12 @@ from sweep.strategies.base import Compute
 EVAL_BATCH = 4096  # evaluation has no graph to keep, so large batches cost only activations
 
 
-def masked_logits(model: nn.Module, x: Tensor, task_ids: Tensor | None, masks: Tensor | None,
-                  now: int | None = None) -> Tensor:
-    """Forward pass; logits outside the classes a sample is scored over are masked out: in task-incremental
-    form each sample's task's (``masks[task_ids]``), in class-incremental form with seen outputs the classes
-    so far (``masks[now]``, ``now`` the task being trained)."""
-    logits = model(x)  # (B, classes)
+def mask_logits(logits: Tensor, masks: Tensor | None, task_ids: Tensor | None = None, now: int | None = None
+                ) -> Tensor:
+    """``logits`` (B, classes) with the classes a sample is not scored over masked out: in task-incremental form
+    each sample's own task's (``masks[task_ids]``); otherwise row ``now`` of ``masks`` (class-incremental with
+    seen outputs: the classes of tasks 1..now+1; task-incremental without task ids: task ``now``'s). The one
+    rule the training step, the strategies' ``ctx.logits`` and the evaluation share."""
     if masks is None:
         return logits
     if task_ids is not None:
@@ -31,6 +31,12 @@ def masked_logits(model: nn.Module, x: Tensor, task_ids: Tensor | None, masks: T
     if now is not None:
         return logits.masked_fill(~masks[now], torch.finfo(logits.dtype).min)
     return logits
+
+
+def masked_logits(model: nn.Module, x: Tensor, task_ids: Tensor | None, masks: Tensor | None,
+                  now: int | None = None) -> Tensor:
+    """Forward pass, masked by :func:`mask_logits` (``now``: the task being trained, under seen outputs)."""
+    return mask_logits(model(x), masks, task_ids, now)  # (B, classes)
 
 
 @torch.no_grad()
@@ -45,9 +51,7 @@ def evaluate(
     for start in range(0, len(split), batch_size):
         x = to_float(split.x[start : start + batch_size])
         y = split.y[start : start + batch_size]
-        logits = model(x)
-        if masks is not None:
-            logits = logits.masked_fill(~masks[task_index], torch.finfo(logits.dtype).min)
+        logits = mask_logits(model(x), masks, now=task_index)
         correct += (logits.argmax(dim=1) == y).sum()
     model.train(was_training)
     return correct.double() / max(len(split), 1)

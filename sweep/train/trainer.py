@@ -25,7 +25,7 @@ from sweep.errors import ConfigError
 from sweep.models import Dropout, LayeredModel, build_model, dropout_layers, load_weights
 from sweep.strategies.base import NO_FEATURES, Batch, Compute, Strategy, TaskContext
 from sweep.strategies.registry import build_strategy
-from sweep.train.evaluation import EVAL_BATCH, evaluate, evaluate_all, masked_logits
+from sweep.train.evaluation import EVAL_BATCH, evaluate, evaluate_all, mask_logits, masked_logits
 from sweep.train.reports import EpochReport, PrefixStore, SequenceResult, TaskReport, prefix_state, restore_prefix
 from sweep.train.task_setup import (
     OptimizerState,
@@ -315,11 +315,9 @@ def _train_step(run: TaskRun, optimizer: PhaseOptimizer, idx: Tensor, step: int)
     if wanted != optimizer.factor:
         optimizer.set_factor(wanted)
     raw = run.model(batch.x)  # (B, classes)
-    logits = raw
-    if batch.task_ids is not None and masks is not None:  # task-incremental: each sample's own task's classes
-        logits = raw.masked_fill(~masks[batch.task_ids], torch.finfo(raw.dtype).min)
-    elif ctx.outputs is not None:  # class-incremental, class_outputs seen: the classes so far
-        logits = raw.masked_fill(~ctx.outputs, torch.finfo(raw.dtype).min)
+    # task-incremental: each sample's own task's classes; class-incremental with class_outputs seen: the classes so
+    # far (ctx.outputs is masks[t] then); otherwise every output
+    logits = mask_logits(raw, masks, batch.task_ids, ctx.task_index if ctx.outputs is not None else None)
     loss = F.cross_entropy(logits, batch.y)
     if run.ce_weight != 1.0:
         loss = run.ce_weight * loss
