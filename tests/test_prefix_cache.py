@@ -56,8 +56,7 @@ def test_prefix_free_change_shares_the_entry_and_anything_else_does_not():
     assert prefix_key(config.replace(threads=2), benchmark) == key  # how fast, not what: threads never split the cache
     changed = {"seed": 1, "lr": 2e-3, "epochs": 2, "batch_size": 32, "fisher": "empirical", "fisher_samples": 10,
                "replay_size": 31, "hidden": (128, 128), "optimizer": "sgd", "weight_decay": 1e-4,
-               "strategy": "ewc+replay", "ewc_mode": "online", "dropout": 0.2, "class_shuffle": "per-seed",
-               "class_outputs": "seen"}
+               "strategy": "ewc+replay", "ewc_mode": "online", "dropout": 0.2, "class_shuffle": "per-seed"}
     for field, value in changed.items():
         other = config.replace(**{field: value}, **({"frozen_layers": 0} if field == "strategy" else {}))
         assert prefix_key(other, benchmark) != key, field
@@ -67,9 +66,18 @@ def test_prefix_free_change_shares_the_entry_and_anything_else_does_not():
         "pretrained", "threads", "lp_epochs", "feature_distill_weight", "feature_distill_layers", "interp_alpha",
         "interp_last_alpha", "interp_grid", "si_c", "si_xi", "mas_lambda", "mas_samples", "genreplay_latent",
         "genreplay_epochs", "genreplay_ratio", "genreplay_temperature", "genreplay_weighting", "genreplay_targets",
-        "distill_variant",
+        "distill_variant", "class_outputs",  # class_outputs: test_class_outputs_splits_the_cache_only_where_it_acts
         "distill_weighting", "adapter_rank", "adapter_alpha", "adapter_layers", "adapter_mode")
         for f in dataclasses.fields(TrainConfig))
+
+
+def test_class_outputs_splits_the_cache_only_where_it_acts():
+    """seen trains task 1 over its own classes in class-incremental form only: elsewhere it shares the entry."""
+    for scenario, splits in (("task", False), ("domain", False), ("class", True)):
+        config = TrainConfig(strategy="ewc", scenario=scenario)
+        benchmark = load_benchmark(config)
+        seen = prefix_key(config.replace(class_outputs="seen"), benchmark)
+        assert (seen != prefix_key(config, benchmark)) is splits, scenario
 
 
 def test_a_corrupt_entry_is_recomputed(tmp_path: Path):

@@ -26,12 +26,14 @@ import torch
 from sweep.atomic import NotARegularFile, atomic_write
 from sweep.config import TrainConfig
 from sweep.data.tasks import Benchmark
-from sweep.hparams import prefix_free
+from sweep.hparams import BY_NAME, prefix_free
 
 WEIGHT_FILES = ("init_weights", "pretrained")  # config fields naming files: their contents are in the key too
 NOT_IN_KEY = ("threads",)  # how many threads computed the state, not what it is: the key of before it existed
-# fields added later, at the value that trains as before they existed: left out, so earlier entries still match
+# fields added later, at the value that trains as before they existed: left out, so earlier entries still match;
+# left out too where they cannot act (class_outputs outside class-incremental form: the same task-1 state)
 KEY_AS_BEFORE = (("class_shuffle", "none"), ("class_outputs", "all"))
+_ADDED_LATER = {name for name, _ in KEY_AS_BEFORE}
 
 
 def prefix_free_fields(strategy_spec: str) -> set[str]:
@@ -51,8 +53,9 @@ def prefix_key(config: TrainConfig, benchmark: Benchmark) -> str:
     from sweep import __version__
 
     free = prefix_free_fields(config.strategy)
-    fields = {k: v for k, v in config.to_dict().items() if k not in free and k not in NOT_IN_KEY
-              and (k, v) not in KEY_AS_BEFORE}
+    values = config.to_dict()
+    fields = {k: v for k, v in values.items() if k not in free and k not in NOT_IN_KEY
+              and (k, v) not in KEY_AS_BEFORE and not (k in _ADDED_LATER and BY_NAME[k].inert_because(values))}
     from sweep.strategies.registry import strategy_components
 
     identity = {
