@@ -37,7 +37,8 @@ naive - 0.05"``) picks, on the pruned study, a setting whose test stability and 
 one std (over the seeds, of the unpruned study's choice) of the unpruned study's choice.
 
 Reported beside them (``bench/out/pruning-<workload>.json`` holds everything): the pruned sweep's whole
-compute, the trials of the unpruned front it stopped (late bloomers) and the hypervolume they hold,
+compute, the trials of the unpruned front it stopped (late bloomers) and the hypervolume they hold, the
+hindsight bound (:func:`hindsight`: every trial off the final front stopped at its first rung),
 how well each rung's values predict the final ones (Spearman), a replay with ``--prune-grace 2``, and
 each sampler's hypervolume after 25, 50 and 100% of the compute. Measured figures: docs/pruning.md.
 The full row takes about an hour on 2 busy cores (66.6 min measured at load average 5-13).
@@ -398,6 +399,30 @@ def late_bloomers(unpruned: Any, pruned: Any, naive: dict[str, Any]) -> dict[str
         "val_hv_lost_with_them": (1 - hv(rest, "val", naive) / full) if full else 0.0}
 
 
+def hindsight(record: StudyRecord, naive: dict[str, Any]) -> dict[str, Any]:
+    """What a pruner that knew the end could save, on the same trials: every trial off the unpruned sweep's
+    final validation front stopped at its first deciding rung, every front trial run to the end. Its compute
+    to 95% of the final hypervolume bounds what any rule reading the rungs can reach on this sweep (an
+    asynchronous one judges its first trials against few peers, and lets most of them go on)."""
+    from sweep.analysis.pareto import pareto_front
+
+    trials = record.trials
+    front = set(trials[pareto_front(trials).to_numpy()]["trial_id"])
+    deciding = record.rungs[record.rungs["decides"].astype(bool)]
+    table = trials.copy()
+    for i, row in table.iterrows():
+        rungs = deciding[deciding["trial_id"] == row["trial_id"]]
+        if row["trial_id"] in front or rungs.empty:
+            continue
+        first = rungs.assign(at=rungs["epoch"].fillna(math.inf)).sort_values(["task", "at"]).iloc[0]
+        table.loc[i, "status"] = "pruned"
+        for key in COMPUTE_KEYS:
+            table.loc[i, key] = float(first[key])
+    result = compare(trials, table, naive)
+    return {"front_size": len(front), "compute_to_95_fraction": result["compute_to_95_fraction"]["pruned"],
+            "pruned_compute_fraction": result["pruned_compute_fraction"]}
+
+
 def rung_signal(record: StudyRecord) -> list[dict[str, Any]]:
     """How much a rung says about the end, per rung of an unpruned study: for each objective, the Spearman
     correlation over trials between the rung's validation value and the final one, the rung's spread over
@@ -433,7 +458,7 @@ def analyze(w: Workload, studies: Sequence[StudyRecord], naive: dict[str, Any]) 
         table, where = replayed(s)
         result = compare(s.trials, table, naive)
         result.update(stopped_at=where, wall_s=s.wall_s, sampler=s.sampler, sampler_seed=s.seed,
-                      rung_signal=rung_signal(s))
+                      rung_signal=rung_signal(s), hindsight=hindsight(s, naive))
         # what if the first decision came one epoch later (--prune-grace 2): a replay too, reported only
         later, later_where = replayed(s, RungPlan(w.tasks, w.epochs, ETA, GRACE + 1))
         what_if = compare(s.trials, later, naive)
@@ -505,7 +530,8 @@ def rows_for(w: Workload, result: dict[str, Any], trials: int) -> list[Row]:
                     "compute_to_95": v["compute_to_95"], "front_size": v["front_size"],
                     "front_trials_stopped": v["front_trials_stopped"],
                     "val_hv_lost_with_them": v["val_hv_lost_with_them"], "rung_signal": v["rung_signal"],
-                    f"grace_{GRACE + 1}": v[f"grace_{GRACE + 1}"], "wall_s": v["wall_s"]}
+                    f"grace_{GRACE + 1}": v[f"grace_{GRACE + 1}"], "hindsight": v["hindsight"],
+                    "wall_s": v["wall_s"]}
                 for k, v in tpe.items()}
     rows.append(Row(
         f"pruning_{w.name}_compute",

@@ -22,6 +22,25 @@ ROWS = ("trial_vs_floor", "trial_vs_plain", "trial_accuracy", "fisher_speed", "f
 REPORTED = ("trial_vs_plain", "sweep_fixed_costs")  # figures beside a bound, never pass or fail
 
 
+def test_hindsight_bound_finishes_the_front_only():
+    """The bound a pruner that knew the end could reach: front trials run to the end, the rest stop at the first
+    rung that decides."""
+    from bench.pruning import hindsight
+
+    good = [(0.95, 0.95), (0.94, 0.95), (0.93, 0.95), (0.92, 0.95)]
+    late = [(0.5, 0.5), (0.55, 0.55), (0.6, 0.6), (0.925, 0.90)]  # a late bloomer: on the final front, barely
+    bad = [(0.9, 0.9), (0.8, 0.8), (0.7, 0.7), (0.6, 0.6)]
+    record = _pruning_study([("bad", 100.0, bad, 0.0), ("good", 100.0, good, 0.0), ("late", 100.0, late, 0.0)])
+    naive = {"val_stability_mean": 0.5, "test_stability_mean": 0.5, "val_plasticity_mean": 0.99,
+             "test_plasticity_mean": 0.99}
+    bound = hindsight(record, naive)
+    assert bound["front_size"] == 2
+    # bad stops at task 2's end (100), good runs whole (400): 95% of the final hypervolume is reached there,
+    # at 500 of the unpruned sweep's 1200 samples; late runs whole too, so 900 of 1200 are spent in all
+    assert bound["compute_to_95_fraction"]["compute_samples"] == pytest.approx(500 / 1200)
+    assert bound["pruned_compute_fraction"]["compute_samples"] == pytest.approx(900 / 1200)
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_quick_bench_reports_every_row_with_numbers(tmp_path: Path, data_root: Path):
