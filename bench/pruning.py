@@ -402,8 +402,9 @@ def late_bloomers(unpruned: Any, pruned: Any, naive: dict[str, Any]) -> dict[str
 def hindsight(record: StudyRecord, naive: dict[str, Any]) -> dict[str, Any]:
     """What a pruner that knew the end could save, on the same trials: every trial off the unpruned sweep's
     final validation front stopped at its first deciding rung, every front trial run to the end. Its compute
-    to 95% of the final hypervolume bounds what any rule reading the rungs can reach on this sweep (an
-    asynchronous one judges its first trials against few peers, and lets most of them go on)."""
+    to 95% of the final hypervolume is what knowing the front would buy on this sweep (not a strict floor:
+    stopping some front trials too can reach 95% sooner); an asynchronous rule judges its first trials
+    against few peers, and lets most of them go on."""
     from sweep.analysis.pareto import pareto_front
 
     trials = record.trials
