@@ -195,8 +195,8 @@ VANDEVEN2019 = Paper(
         "paper's",
         "the validation split (10% of each task's training data) is held out of training; the paper trains on all",
         "Adam's learning rate is 1e-4; the paper's code defaults to 1e-3 for split-MNIST (1e-4 is its permuted-MNIST "
-        "default). At 1e-3 none-domain lands within and none-task 5 points below, so the table keeps 1e-4 until "
-        "every row is run again",
+        "default). At 1e-3 the domain-incremental rows checked land within (none, EWC, SI, LwF) and none-task 5 "
+        "points below, so the table keeps 1e-4 until every row is run again",
         "class-incremental, the loss and the accuracies run over the classes seen so far (class_outputs seen), as "
         "the paper's code does; the accuracy matrix's entries for tasks not trained yet, which the paper does not "
         "measure, are scored over the classes seen by their own time",
