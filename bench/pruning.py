@@ -288,11 +288,17 @@ def replayed(record: StudyRecord, plan: Any = None, noise: float = NOISE) -> tup
             continue
         rung = by_trial[row["trial_id"]]
         at = rung[(rung["task"] == stop[0]) & (rung["epoch"].isna() if stop[1] is None else rung["epoch"] == stop[1])]
-        table.loc[i, "status"] = "pruned"
-        for key in COMPUTE_KEYS:
-            table.loc[i, key] = float(at[key].iloc[0])
+        _stop(table, i, at.iloc[0])
         where[row["trial_id"]] = rung_label(*stop)
     return table, where
+
+
+def _stop(table: Any, i: Any, rung: Any) -> None:
+    """Mark row ``i`` of a trials table pruned at ``rung`` (a row of rungs.parquet): its compute is what it
+    had spent there."""
+    table.loc[i, "status"] = "pruned"
+    for key in COMPUTE_KEYS:
+        table.loc[i, key] = float(rung[key])
 
 
 def _isnull(value: Any) -> bool:
@@ -415,10 +421,7 @@ def hindsight(record: StudyRecord, naive: dict[str, Any]) -> dict[str, Any]:
         rungs = deciding[deciding["trial_id"] == row["trial_id"]]
         if row["trial_id"] in front or rungs.empty:
             continue
-        first = rungs.assign(at=rungs["epoch"].fillna(math.inf)).sort_values(["task", "at"]).iloc[0]
-        table.loc[i, "status"] = "pruned"
-        for key in COMPUTE_KEYS:
-            table.loc[i, key] = float(first[key])
+        _stop(table, i, rungs.assign(at=rungs["epoch"].fillna(math.inf)).sort_values(["task", "at"]).iloc[0])
     result = compare(trials, table, naive)
     return {"front_size": len(front), "compute_to_95_fraction": result["compute_to_95_fraction"]["pruned"],
             "pruned_compute_fraction": result["pruned_compute_fraction"]}
