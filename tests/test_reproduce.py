@@ -117,7 +117,8 @@ def test_a_study_resumes_only_under_its_own_protocol(smoke: Path, tmp_path: Path
     options = SweepOptions(strategy="distill", study="end", results_dir=str(row), space_file=str(row / "space.yaml"),
                            trials=2, seeds=1, benchmark="split-digits", scenario="class", num_tasks=5, epochs=1,
                            references=False, resume=True, quiet=True, protocol="first-tasks", protocol_tasks=2,
-                           extra={k: base[k] for k in ("hidden", "optimizer", "lr", "batch_size", "optimizer_state")})
+                           extra={k: base[k] for k in ("hidden", "optimizer", "lr", "batch_size", "optimizer_state",
+                                                          "class_outputs")})
     with pytest.raises(ConfigError, match="protocol differs from the study's"):
         run_sweep(options)
 
@@ -126,24 +127,41 @@ def test_van_de_ven_rows_deal_each_seed_its_own_digits(ray_session: object, tmp_
                                                        capsys: pytest.CaptureFixture[str]):
     """The paper's code deals the digits to the tasks anew for every seed: so do the row's searches (both
     protocols: first-tasks cuts each seed's dealt sequence) and its final runs, whose seed 1000 is the run of
-    that seed's class order; a row done under another setup is refused, not shown under the new one."""
+    that seed's class order; the searches run every setting of the setup the final runs do (class_outputs seen
+    too: the selection once ran under `all`); a row done under another setup is refused, not shown under the new
+    one, and so is a row whose search was."""
+    from sweep.commands.reproductions import PAPERS, SMOKE_SETUP
     from sweep.config import TrainConfig
     from sweep.data.benchmarks import seed_class_order
     from sweep.train.trainer import run_config
 
-    argv = ["reproduce", "vandeven2019", "--smoke", "--rows", "ewc-task", "--results", str(tmp_path), "--quiet"]
+    argv = ["reproduce", "vandeven2019", "--smoke", "--rows", "ewc-class", "--results", str(tmp_path), "--quiet"]
     assert main(argv) == 0
-    row = tmp_path / "reproduce-smoke" / "vandeven2019" / "ewc-task"
+    row = tmp_path / "reproduce-smoke" / "vandeven2019" / "ewc-class"
+    final = json.loads((row / "final-end.json").read_text())
+    setup = {**PAPERS["vandeven2019"].setup, **SMOKE_SETUP}
     for protocol in ("end", "first-tasks-2"):
         trials = pq.read_table(row / protocol / "trials.parquet").to_pandas()
         search = trials[trials["role"] == "search"]
         assert len(search) == 2 and (search["status"] == "finished").all(), protocol
-        assert all(json.loads(c)["class_shuffle"] == "per-seed" for c in search["config"])
-    final = json.loads((row / "final-end.json").read_text())
+        for config in map(json.loads, search["config"]):
+            assert config["class_shuffle"] == "per-seed" and config["class_outputs"] == "seen"
+            assert {k: config[k] for k in setup if k != "num_tasks"} == {
+                k: final["config"][k] for k in setup if k != "num_tasks"}, protocol
     config = TrainConfig.from_mapping(final["config"], source="final-end.json")
     assert config.class_shuffle == "per-seed" and final["seeds"] == [1000]
     alone = run_config(config.replace(class_shuffle="none", class_order=seed_class_order(10, 1000), seed=1000))
     assert final["test_acc"][0] == pytest.approx(100.0 * float(alone.test[-1].mean()), abs=1e-9)
+
+    study = row / "end" / "study.json"
+    kept = study.read_text()
+    meta = json.loads(kept)
+    study.write_text(json.dumps(meta | {"base_config": meta["base_config"] | {"class_outputs": "all"}}))
+    capsys.readouterr()
+    assert main(argv) == 2  # a choice made on trials of another setup
+    err = capsys.readouterr().err
+    assert "search trials were run with class_outputs='all'" in err and len(err.strip().splitlines()) == 1
+    study.write_text(kept)
 
     record = final | {"config": final["config"] | {"class_shuffle": "none"}}  # as a row run before the shuffle
     (row / "final-end.json").write_text(json.dumps(record))

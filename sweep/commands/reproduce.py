@@ -242,9 +242,9 @@ def reproduce_row(paper: Paper, row: Row, protocol: str, settings: Settings) -> 
 
 def _check_same_setup(record: dict[str, Any], row: Row, settings: Settings, final: Path) -> None:
     """Refuse a row done under another version of the paper's setup (a setting since added or changed, such as
-    van de Ven & Tolias's class_shuffle): its number would sit in the table under a header it was not run with."""
-    from sweep.config import TrainConfig
-    from sweep.hparams import BY_NAME
+    van de Ven & Tolias's class_shuffle): its number would sit in the table under a header it was not run with.
+    Its search is checked too: a choice made on trials run under another setup is not the row's choice."""
+    from sweep.results.schema import STUDY_FILE
 
     if "config" not in record:
         return
@@ -253,18 +253,34 @@ def _check_same_setup(record: dict[str, Any], row: Row, settings: Settings, fina
     if searched != sorted(row.params):
         raise SweepError(f"{final} searched {', '.join(searched) or 'nothing'}, but the row now searches "
                          f"{', '.join(sorted(row.params)) or 'nothing'}: {again}")
+    differs = _setup_differs(record["config"], row, settings)
+    if differs:
+        raise SweepError(f"{final} was run with {differs}: {again}")
+    study = final.parent / final.stem.removeprefix("final-") / STUDY_FILE
+    if row.params and study.exists():
+        differs = _setup_differs(json.loads(study.read_text()).get("base_config", {}), row, settings)
+        if differs:
+            raise SweepError(f"{study.parent}'s search trials were run with {differs}: {again}")
+
+
+def _setup_differs(config: dict[str, Any], row: Row, settings: Settings) -> str | None:
+    """The first setting of the row's setup that ``config`` (a run's or a search's) does not have, as
+    "key=had, but the row's setup is now key=want"; None when every one that can act matches."""
+    from sweep.config import TrainConfig
+    from sweep.hparams import BY_NAME
+
     defaults = TrainConfig().to_dict()
     wanted = {**settings.setup, **row.fixed}
     for key, want in wanted.items():
         if key in row.params or key in ("data_root", "epochs"):
-            continue
+            continue  # epochs follow the paper's iterations per task
         field = BY_NAME.get(key)
         if field is not None and field.inert_because({**wanted, "scenario": row.scenario}):
             continue  # a setting the row's scenario leaves alone (class_outputs in task-IL) cannot change its number
-        had = record["config"].get(key, defaults.get(key))
+        had = config.get(key, defaults.get(key))
         if (list(want) if isinstance(want, tuple) else want) != had:
-            raise SweepError(f"{final} was run with {key}={had!r}, but the row's setup is now {key}={want!r}: "
-                             f"{again}")
+            return f"{key}={had!r}, but the row's setup is now {key}={want!r}"
+    return None
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
@@ -272,6 +288,10 @@ def _write(path: Path, record: dict[str, Any]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(record, indent=2))
+
+
+# the keys SweepOptions takes as options of its own (the strategy: the space's), not as extra config values
+_OPTION_KEYS = ("benchmark", "scenario", "num_tasks", "model", "data_root", "epochs", "strategy")
 
 
 def search(row: Row, protocol: str, setup: dict[str, Any], settings: Settings) -> Path:
@@ -292,10 +312,10 @@ def search(row: Row, protocol: str, setup: dict[str, Any], settings: Settings) -
     if not space.exists() or space.read_text() != text:
         write_atomic(space, text)
     first = protocol.startswith("first-tasks")
-    # the paper's trainer settings, except those the row fixes otherwise or searches (SGD's learning rate)
+    # every setting of the paper's setup, except those the row fixes otherwise or searches (SGD's learning rate)
+    # and those the options below carry: the search trials run exactly the setup the final runs do
     extra = {k: list(v) if isinstance(v, tuple) else v for k, v in setup.items()
-             if k in ("hidden", "optimizer", "lr", "batch_size", "optimizer_state", "class_shuffle")
-             and k not in row.fixed and k not in row.params}
+             if k not in _OPTION_KEYS and k not in row.fixed and k not in row.params}
     options = SweepOptions(
         strategy=row.strategy, study=protocol, results_dir=str(row_dir), space_file=str(space),
         trials=settings.trials, seeds=settings.search_seeds, benchmark=setup["benchmark"], scenario=row.scenario,
