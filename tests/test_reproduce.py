@@ -161,6 +161,10 @@ def test_van_de_ven_rows_deal_each_seed_its_own_digits(ray_session: object, tmp_
     assert main(argv) == 2  # a choice made on trials of another setup
     err = capsys.readouterr().err
     assert "search trials were run with class_outputs='all'" in err and len(err.strip().splitlines()) == 1
+    study.write_text("{")
+    assert main(argv) == 2  # a study file cut short: one line, not a traceback
+    err = capsys.readouterr().err
+    assert "is unreadable or has no base_config" in err and len(err.strip().splitlines()) == 1
     study.write_text(kept)
 
     record = final | {"config": final["config"] | {"class_shuffle": "none"}}  # as a row run before the shuffle

@@ -258,7 +258,11 @@ def _check_same_setup(record: dict[str, Any], row: Row, settings: Settings, fina
         raise SweepError(f"{final} was run with {differs}: {again}")
     study = final.parent / final.stem.removeprefix("final-") / STUDY_FILE
     if row.params and study.exists():
-        differs = _setup_differs(json.loads(study.read_text()).get("base_config", {}), row, settings)
+        try:
+            base = json.loads(study.read_text())["base_config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SweepError(f"{study} is unreadable or has no base_config: {again}") from None
+        differs = _setup_differs(base, row, settings)
         if differs:
             raise SweepError(f"{study.parent}'s search trials were run with {differs}: {again}")
 
