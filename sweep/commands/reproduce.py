@@ -244,6 +244,7 @@ def _check_same_setup(record: dict[str, Any], row: Row, settings: Settings, fina
     """Refuse a row done under another version of the paper's setup (a setting since added or changed, such as
     van de Ven & Tolias's class_shuffle): its number would sit in the table under a header it was not run with.
     Its search is checked too: a choice made on trials run under another setup is not the row's choice."""
+    from sweep.reading import read_regular
     from sweep.results.schema import STUDY_FILE
 
     if "config" not in record:
@@ -258,9 +259,9 @@ def _check_same_setup(record: dict[str, Any], row: Row, settings: Settings, fina
         raise SweepError(f"{final} was run with {differs}: {again}")
     study = final.parent / final.stem.removeprefix("final-") / STUDY_FILE
     if row.params and study.exists():
-        try:
-            base = json.loads(study.read_text())["base_config"]
-        except (OSError, ValueError, KeyError, TypeError):
+        try:  # read as `sweep run --resume` reads it: a regular file within the JSON cap
+            base = json.loads(read_regular(study, "study file", "json", SweepError))["base_config"]
+        except (ValueError, KeyError, TypeError):
             raise SweepError(f"{study} is unreadable or has no base_config: {again}") from None
         differs = _setup_differs(base, row, settings)
         if differs:
