@@ -295,10 +295,6 @@ def _write(path: Path, record: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(record, indent=2))
 
 
-# the keys SweepOptions takes as options of its own (the strategy: the space's), not as extra config values
-_OPTION_KEYS = ("benchmark", "scenario", "num_tasks", "model", "data_root", "epochs", "strategy")
-
-
 def search(row: Row, protocol: str, setup: dict[str, Any], settings: Settings) -> Path:
     """The row's study for ``protocol``, run through ``sweep run``'s driver (resumed when it exists)."""
     import yaml
@@ -306,7 +302,7 @@ def search(row: Row, protocol: str, setup: dict[str, Any], settings: Settings) -
     from sweep.analysis.io import write_atomic
     from sweep.results.schema import STUDY_FILE
     from sweep.tune.driver import run_sweep
-    from sweep.tune.options import SweepOptions
+    from sweep.tune.options import CONFIG_OPTIONS, SweepOptions
 
     row_dir = _row_dir(settings, row)
     row_dir.mkdir(parents=True, exist_ok=True)
@@ -318,14 +314,16 @@ def search(row: Row, protocol: str, setup: dict[str, Any], settings: Settings) -
         write_atomic(space, text)
     first = protocol.startswith("first-tasks")
     # every setting of the paper's setup, except those the row fixes otherwise or searches (SGD's learning rate)
-    # and those the options below carry: the search trials run exactly the setup the final runs do
+    # and SweepOptions' own config fields, passed below (the strategy is the space's): the search trials run
+    # exactly the setup the final runs do
     extra = {k: list(v) if isinstance(v, tuple) else v for k, v in setup.items()
-             if k not in _OPTION_KEYS and k not in row.fixed and k not in row.params}
+             if k not in (*CONFIG_OPTIONS, "strategy") and k not in row.fixed and k not in row.params}
     options = SweepOptions(
         strategy=row.strategy, study=protocol, results_dir=str(row_dir), space_file=str(space),
         trials=settings.trials, seeds=settings.search_seeds, benchmark=setup["benchmark"], scenario=row.scenario,
         num_tasks=setup["num_tasks"], model=setup.get("model", "mlp"),
-        data_root=settings.data_root, epochs=setup["epochs"], references=False,
+        data_root=settings.data_root, epochs=setup["epochs"], pretrained=setup.get("pretrained"),
+        init_weights=setup.get("init_weights"), references=False,
         resume=(row_dir / protocol / STUDY_FILE).exists(), quiet=settings.quiet, address=settings.address,
         cpus_per_trial=settings.cpus_per_trial, max_concurrent=settings.max_concurrent,
         protocol="first-tasks" if first else "end", protocol_tasks=settings.first_tasks if first else None,
