@@ -165,7 +165,7 @@ class GenReplay(Strategy):
         for _ in range(self.epochs):
             order = torch.randperm(len(split), generator=self.random).to(ctx.device)
             for start in range(0, len(split), ctx.batch_size):
-                x = to_float(split.x[order[start: start + ctx.batch_size]])
+                x = to_float(torch.index_select(split.x, 0, order[start: start + ctx.batch_size]))
                 replayed = self._replay(ctx, self._count(len(x)))
                 loss = self._vae_loss(ctx, x if replayed is None else torch.cat([x, replayed]))
                 optimizer.zero_grad(set_to_none=True)

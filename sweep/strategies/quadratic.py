@@ -90,6 +90,8 @@ class WeightPenalty(Strategy):
     names changes)."""
 
     _slopes: list[Tensor] | float | None = None  # 2·factor·A in named_parameters order, made once a task
+    # (the task's context, by reference; its model's (names, parameters), or None when the penalty is not by grad)
+    _by_grad: tuple[TaskContext, tuple[tuple[str, ...], tuple[nn.Parameter, ...]] | None] | None = None
 
     def quadratic(self) -> Quadratic | None:
         """The penalty's terms now; None when there is none (before any task, or at strength 0)."""
@@ -105,13 +107,24 @@ class WeightPenalty(Strategy):
     def penalty(
         self, ctx: TaskContext, batch: Batch, raw_logits: Tensor, features: Features = NO_FEATURES
     ) -> Tensor | None:
-        return None if by_grad(ctx) else self.model_penalty(ctx.model)
+        return None if self._weights(ctx) is not None else self.model_penalty(ctx.model)
+
+    def _weights(self, ctx: TaskContext) -> tuple[tuple[str, ...], tuple[nn.Parameter, ...]] | None:
+        """(names, parameters) of ``ctx.model`` when the penalty goes into ``.grad`` (:func:`by_grad`), else None:
+        asked once per task context, not at every step (the model's modules and parameters are set before the
+        task's first step)."""
+        cached = self._by_grad
+        if cached is None or cached[0] is not ctx:  # held until the next context: an id could be reused
+            named = tuple(zip(*ctx.model.named_parameters())) if by_grad(ctx) else None
+            cached = self._by_grad = (ctx, named)
+        return cached[1]
 
     def penalty_grad(self, ctx: TaskContext) -> None:
         term = self.quadratic()
-        if term is None or not by_grad(ctx):
+        weights = None if term is None else self._weights(ctx)
+        if term is None or weights is None:
             return
-        names, params = zip(*ctx.model.named_parameters())
+        names, params = weights
         if self._slopes is None:  # the gradient of factor · A (θ − m)² is 2·factor·A (θ − m)
             slope = 2.0 * term.factor  # a float even for an integer factor: add_quadratic_grad tells them apart
             self._slopes = slope if term.precision is None else [slope * term.precision[n] for n in names]

@@ -69,13 +69,13 @@ class Replay(Strategy):
         if size == 0 or extra == 0:
             return batch
         pick = torch.randint(size, (extra,), generator=ctx.generator).to(ctx.device)
-        tasks, samples = self.task_index[pick], self.sample_index[pick]
+        tasks, samples = torch.index_select(self.task_index, 0, pick), torch.index_select(self.sample_index, 0, pick)
         x = y = None
         # gather from every buffered task and keep each row's own: no host sync, no boolean indexing
         for t in self._tasks:
             split = ctx.benchmark.tasks[t].train
             rows = samples.clamp(max=len(split) - 1)
-            xt, yt = split.x[rows], split.y[rows]
+            xt, yt = torch.index_select(split.x, 0, rows), torch.index_select(split.y, 0, rows)  # row copies: cheap
             if x is None or y is None:
                 x, y = xt, yt
             else:

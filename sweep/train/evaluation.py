@@ -26,10 +26,12 @@ def mask_logits(logits: Tensor, masks: Tensor | None, task_ids: Tensor | None = 
     rule the training step, the strategies' ``ctx.logits`` and the evaluation share."""
     if masks is None:
         return logits
+    # torch.where keeps the scored logits and fills the others, as masked_fill(~mask) would, in one call instead of
+    # two; index_select, not masks[task_ids]: a row copy instead of advanced indexing (a step's per-call costs)
     if task_ids is not None:
-        return logits.masked_fill(~masks[task_ids], torch.finfo(logits.dtype).min)
+        return torch.where(torch.index_select(masks, 0, task_ids), logits, torch.finfo(logits.dtype).min)
     if now is not None:
-        return logits.masked_fill(~masks[now], torch.finfo(logits.dtype).min)
+        return torch.where(masks[now], logits, torch.finfo(logits.dtype).min)
     return logits
 
 

