@@ -77,3 +77,23 @@ def test_split_mnist_real_data_class_incremental(data_root):
     result = run_config(config, benchmark)
     assert result.test[0, 0] > 0.95  # task 1 learned in one epoch
     assert result.test[1, 0] < 0.05  # and all but gone after task 2: the class-incremental collapse
+
+
+def test_one_tasks_batches_train_as_if_each_sample_carried_its_task_id():
+    """The step masks a batch drawn from one task's split by that task's row of the masks; a batch a strategy
+    changed is masked sample by sample. The two ways must train the same model, value for value."""
+    from sweep.strategies.base import Batch
+    from sweep.train.trainer import build_run, train_sequence
+
+    config = TrainConfig(scenario="task", epochs=1, num_tasks=5)
+    benchmark = load_benchmark(config)
+
+    def run(copy_batches: bool):
+        model, strategy = build_run(config, benchmark)
+        if copy_batches:  # a new batch of the same samples: the step takes the per-sample path
+            strategy.adjust_batch = lambda ctx, b: Batch(b.x, b.y, None if b.task_ids is None else b.task_ids.clone())
+        return train_sequence(benchmark, model, strategy, config)
+
+    fast, per_sample = run(False), run(True)
+    assert np.array_equal(fast.val, per_sample.val) and np.array_equal(fast.test, per_sample.test)
+    assert fast.test[-1, 0] > 0.8  # and it learned

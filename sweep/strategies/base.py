@@ -37,6 +37,7 @@ class TrainingData:
 
     split: Split
     task_ids: Tensor | None  # (N,) task index per sample, None unless task-incremental
+    task: int | None = None  # task_ids all equal this task (one task's split, task-incremental); None: mixed or none
 
 
 @dataclass
@@ -93,10 +94,9 @@ class TaskContext:
     def task_training_data(self, task_index: int | None = None) -> TrainingData:
         t = self.task_index if task_index is None else task_index
         split = self.benchmark.tasks[t].train
-        ids = None
-        if self.benchmark.scenario == "task":
-            ids = torch.full((len(split),), t, dtype=torch.long, device=split.y.device)
-        return TrainingData(split, ids)
+        if self.benchmark.scenario != "task":
+            return TrainingData(split, None)
+        return TrainingData(split, torch.full((len(split),), t, dtype=torch.long, device=split.y.device), t)
 
 
 # layer (a name or an index in ``named_layers(model)``) -> its output in this step's forward pass
