@@ -139,7 +139,7 @@ def _inputs(x: Tensor) -> Tensor:
 
 def _rows(t: Tensor, order: Tensor | None, start: int, stop: int) -> Tensor:
     """Samples start:stop of the selection: a view when every sample is used, else a gather."""
-    return t[start:stop] if order is None else torch.index_select(t, 0, order[start:stop])
+    return t[start:stop] if order is None else torch.index_select(t, 0, order[start:stop].to(t.device))
 
 
 def _batched(

@@ -90,8 +90,9 @@ class WeightPenalty(Strategy):
     names changes)."""
 
     _slopes: list[Tensor] | float | None = None  # 2·factor·A in named_parameters order, made once a task
-    # (the task's context, by reference; its model's (names, parameters), or None when the penalty is not by grad)
-    _by_grad: tuple[TaskContext, tuple[tuple[str, ...], tuple[nn.Parameter, ...]] | None] | None = None
+    # (the task's context, by reference, and its penalty_grads; its model's (names, parameters), or None when the
+    # penalty is not by grad)
+    _by_grad: tuple[TaskContext, bool, tuple[tuple[str, ...], tuple[nn.Parameter, ...]] | None] | None = None
 
     def quadratic(self) -> Quadratic | None:
         """The penalty's terms now; None when there is none (before any task, or at strength 0)."""
@@ -114,10 +115,11 @@ class WeightPenalty(Strategy):
         asked once per task context, not at every step (the model's modules and parameters are set before the
         task's first step)."""
         cached = self._by_grad
-        if cached is None or cached[0] is not ctx:  # held until the next context: an id could be reused
+        # the context is held until the next one (an id could be reused); its penalty_grads is the trainer's switch
+        if cached is None or cached[0] is not ctx or cached[1] != ctx.penalty_grads:
             named = tuple(zip(*ctx.model.named_parameters())) if by_grad(ctx) else None
-            cached = self._by_grad = (ctx, named)
-        return cached[1]
+            cached = self._by_grad = (ctx, ctx.penalty_grads, named)
+        return cached[2]
 
     def penalty_grad(self, ctx: TaskContext) -> None:
         term = self.quadratic()

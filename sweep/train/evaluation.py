@@ -29,7 +29,8 @@ def mask_logits(logits: Tensor, masks: Tensor | None, task_ids: Tensor | None = 
     # torch.where keeps the scored logits and fills the others, as masked_fill(~mask) would, in one call instead of
     # two; index_select, not masks[task_ids]: a row copy instead of advanced indexing (a step's per-call costs)
     if task_ids is not None:
-        return torch.where(torch.index_select(masks, 0, task_ids), logits, torch.finfo(logits.dtype).min)
+        rows = torch.index_select(masks, 0, task_ids.to(masks.device))  # .to: a no-op in the trainer
+        return torch.where(rows, logits, torch.finfo(logits.dtype).min)
     if now is not None:
         return torch.where(masks[now], logits, torch.finfo(logits.dtype).min)
     return logits

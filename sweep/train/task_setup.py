@@ -165,9 +165,19 @@ class TaskRun:
     aux_optimizer: torch.optim.Optimizer | None
     tap: FeatureTap | None  # hooks on the layers the penalty reads; removed when the task ends
     total: int  # steps in the task, over every phase
-    finite: Tensor  # 0-d bool on the device: every loss so far finite (read every few steps: a host sync)
+    # the losses since the last check, detached (a list append per step, no kernel); all_finite() reads them
+    losses: list[Tensor]
     # step -> the learning-rate factor of warmup_epochs and lr_schedule (tasks 2..T); None: 1 throughout
     schedule: Callable[[int], float] | None = None
+    finite: bool = True  # every loss checked so far was finite
+
+    def all_finite(self) -> bool:
+        """Whether every loss so far was finite: the losses since the last check in one kernel and one host sync
+        (every few steps: on the CPU a check per step cost as much as the batch's gather)."""
+        if self.losses:
+            self.finite = self.finite and bool(torch.isfinite(torch.stack(self.losses)).all())
+            self.losses.clear()
+        return self.finite
 
 
 class PhaseOptimizer:
@@ -209,8 +219,7 @@ def prepare_task(
     tap = FeatureTap(model, layers) if layers else None
     steps_per_epoch = (len(data.split) + config.batch_size - 1) // config.batch_size
     total = steps_per_epoch * sum(epochs for _, epochs in plan)
-    finite = torch.ones((), dtype=torch.bool, device=ctx.device)
     # warmup_epochs and lr_schedule act on fine-tunes (tasks 2..T), over the task's planned steps, every phase's
     schedule = task_schedule(config.warmup_epochs, config.lr_schedule, steps_per_epoch, total) if t > 0 else None
     return TaskRun(model, strategy, ctx, masks, data, params, plan, ce_weight, stop, auxiliary, aux_optimizer, tap,
-                   total, finite, schedule)
+                   total, [], schedule)

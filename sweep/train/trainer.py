@@ -255,12 +255,12 @@ def _train_task(
                     loss = _train_step(run, optimizer, order[start : start + batch_size], step)
                     step += 1
                     if step % DIVERGENCE_CHECK_EVERY == 0 or step == run.total:
-                        if not bool(run.finite):
+                        if not run.all_finite():
                             return "nan" if torch.isnan(loss.detach()) else "inf"
                         if progress is not None:
                             progress(t, step, run.total)
                 if watch is not None:
-                    if not bool(run.finite):
+                    if not run.all_finite():
                         return "nan" if torch.isnan(loss.detach()) else "inf"
                     stopping = watch(epoch)
                 if epoch_report is not None and (made := epoch_report(epoch)) is not None:
@@ -302,7 +302,7 @@ def _seed_dropout(model: LayeredModel, ctx: TaskContext) -> list[Dropout]:
 def _train_step(run: TaskRun, optimizer: PhaseOptimizer, idx: Tensor, step: int) -> Tensor:
     """One step on the training samples ``idx`` (and one of the auxiliary model); returns the loss.
 
-    Whether the losses stayed finite is folded into ``run.finite`` on the device, without a host sync.
+    The losses are kept for :meth:`TaskRun.all_finite`, on the device, without a host sync.
     """
     data, strategy, ctx, masks = run.data, run.strategy, run.ctx, run.masks
     # index_select, not x[idx]: the same rows, a row copy instead of torch's per-element advanced indexing (on the
@@ -344,8 +344,8 @@ def _train_step(run: TaskRun, optimizer: PhaseOptimizer, idx: Tensor, step: int)
         aux_loss.backward()
         aux_optimizer.step()
         ctx.compute.optimizer_steps += 1  # the auxiliary's own step; its loss counts the samples it trains on
-        run.finite &= torch.isfinite(aux_loss.detach())
-    run.finite &= torch.isfinite(loss.detach())
+        run.losses.append(aux_loss.detach())
+    run.losses.append(loss.detach())
     return loss
 
 
