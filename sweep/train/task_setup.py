@@ -172,8 +172,8 @@ class TaskRun:
     finite: bool = True  # every loss checked so far was finite
 
     def all_finite(self) -> bool:
-        """Whether every loss so far was finite: the losses since the last check in one kernel and one host sync
-        (every few steps: on the CPU a check per step cost as much as the batch's gather)."""
+        """Whether every loss so far was finite: the losses since the last check in one kernel and one host sync,
+        every few steps, instead of two more kernels in every step."""
         if self.losses:
             self.finite = self.finite and bool(torch.isfinite(torch.stack(self.losses)).all())
             self.losses.clear()
