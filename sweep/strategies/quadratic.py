@@ -117,8 +117,12 @@ class WeightPenalty(Strategy):
         cached = self._by_grad
         # the context is held until the next one (an id could be reused); its penalty_grads is the trainer's switch
         if cached is None or cached[0] is not ctx or cached[1] != ctx.penalty_grads:
-            named = tuple(zip(*ctx.model.named_parameters())) if by_grad(ctx) else None
-            cached = self._by_grad = (ctx, ctx.penalty_grads, named)
+            named = None
+            if by_grad(ctx):
+                pairs = list(ctx.model.named_parameters())
+                named = (tuple(n for n, _ in pairs), tuple(p for _, p in pairs))
+            cached = (ctx, ctx.penalty_grads, named)
+            self._by_grad = cached
         return cached[2]
 
     def penalty_grad(self, ctx: TaskContext) -> None:
