@@ -13,9 +13,12 @@ the real pruned sweep on the first workload only; about a minute):
   epochs 1 and 3 of the fine-tune.
 
 Every sweep: 24 trials x 2 seeds (``sweep choose``'s one-std check needs a spread over seeds), 2 trials
-at a time, 1 CPU each, no references (joint training of the fine-tune would retrain on all of MNIST);
-the naive reference, which anchors the hypervolume at (naive's stability, 0) and ``sweep choose``'s
-constraint, is run once per workload in this process through the trial's own code (``run_trial``).
+at a time, 1 CPU each. The unpruned sweeps run no references (joint training of the fine-tune retrains
+on all of MNIST: 285 s); the naive reference, which anchors the hypervolume at (naive's stability, 0),
+``sweep choose``'s constraint and the scheduler's floor, is run once per workload in this process
+through the trial's own code (``run_trial``), and the replays hand its final validation stability to
+the scheduler, as a sweep with references does. The real ``--prune`` sweep runs with references, so its
+own scheduler has the floor.
 
 Pruned against unpruned, as the issue allows: each unpruned TPE sweep (sampler seeds 0, 1, 2) records
 every trial's validation (stability, plasticity) at every rung (``rungs.parquet``), and
@@ -39,9 +42,11 @@ one std (over the seeds, of the unpruned study's choice) of the unpruned study's
 Reported beside them (``bench/out/pruning-<workload>.json`` holds everything): the pruned sweep's whole
 compute, the trials of the unpruned front it stopped (late bloomers) and the hypervolume they hold, the
 hindsight bound (:func:`hindsight`: every trial off the final front stopped at its first rung),
-how well each rung's values predict the final ones (Spearman), a replay with ``--prune-grace 2``, and
+how well each rung's values predict the final ones (Spearman), replays with ``--prune-grace 2``, on the
+means alone (``--prune-noise 0``) and with the front exception alone (``--prune-min-share 0``), and
 each sampler's hypervolume after 25, 50 and 100% of the compute. Measured figures: docs/pruning.md.
-The full row takes about an hour on 2 busy cores (66.6 min measured at load average 5-13).
+The full row takes about an hour on 2 busy cores (66.6 min measured at load average 5-13, before the
+real sweeps ran references: they add about 5 minutes, nearly all of it (b)'s joint reference).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ CONCURRENT = 2
 ETA = 3.0
 GRACE = 1
 NOISE = 0.5  # --prune-noise: a trial is on a rung's front unless a peer dominates its mean + 0.5 std over seeds
+MIN_SHARE = 0.005  # --prune-min-share: with naive's stability as the floor (a sweep with references has it)
 SAMPLER_SEEDS = (0, 1, 2)  # the TPE sweeps the targets are checked on
 COMPARE = {"nsga2": (0,), "random": (0,)}  # the other samplers, unpruned (and replayed), for the comparison
 REAL_PRUNED = ("tpe", 0)  # the one real --prune sweep per workload
@@ -148,14 +154,14 @@ def sweep_options(settings: Settings, w: Workload, results: Path, study: str, *,
                   prune: bool, trials: int, checkpoint: str | None) -> Any:
     from sweep.tune.options import SweepOptions
 
-    pruning: dict[str, Any] = {"prune": True, "prune_eta": ETA, "prune_grace": GRACE, "prune_noise": NOISE} \
-        if prune else {}
+    pruning: dict[str, Any] = {"prune": True, "prune_eta": ETA, "prune_grace": GRACE, "prune_noise": NOISE,
+                               "prune_min_share": MIN_SHARE} if prune else {}
     return SweepOptions(
         strategy="ewc", space_file=str(w.space), study=study, results_dir=str(results), trials=trials,
         seeds=SEEDS_PER_TRIAL, benchmark=w.benchmark, scenario=w.scenario, num_tasks=w.num_tasks, model=w.model,
         pretrained=checkpoint, data_root=str(settings.data_root), sampler=sampler, sampler_seed=seed,
         cpus_per_trial=1.0, gpus_per_trial=gpus_per_trial(settings, CONCURRENT), max_concurrent=CONCURRENT,
-        references=False, quiet=True, **pruning,
+        references=prune, quiet=True, **pruning,  # a pruned sweep's scheduler reads naive's stability
     )
 
 
@@ -190,6 +196,8 @@ class StudyRecord:
     trials: Any  # DataFrame: search trials, in start order
     rungs: Any  # DataFrame
     noise: float = 0.0  # a pruned sweep's --prune-noise (study.json; a sweep from before it: 0, the means alone)
+    min_share: float = 0.0  # its --prune-min-share (a sweep from before it: 0, the front exception alone)
+    naive_stability: float | None = None  # its naive reference's final validation stability (None: it ran none)
 
 
 def _started(trials: Any) -> Any:
@@ -227,6 +235,7 @@ def read_study(results: Path, name: str) -> StudyRecord:
     match = STUDY_NAME.match(name)
     assert match is not None, name
     table = pd.read_parquet(results / name / "trials.parquet")
+    naive = table[(table["role"] == "naive") & (table["status"] == "finished")]["val_stability_mean"]
     table = table[table["role"] == "search"].copy()
     table["started_at"] = _started(table)
     table = table.sort_values(["started_at", "trial_id"], kind="stable").reset_index(drop=True)
@@ -235,7 +244,8 @@ def read_study(results: Path, name: str) -> StudyRecord:
     wall = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else math.nan
     prune = json.loads((results / name / "study.json").read_text()).get("prune") or {}
     return StudyRecord(name, match["sampler"], int(match["seed"]), bool(match["pruned"]), wall, table, rungs,
-                       float(prune.get("noise", 0.0)))
+                       float(prune.get("noise", 0.0)), float(prune.get("min_share", 0.0)),
+                       float(naive.iloc[0]) if len(naive) else None)
 
 
 # --- analysis (Ray-free: reads the tables only)
@@ -260,11 +270,15 @@ def hv(trials: Any, split: str, naive: dict[str, Any]) -> float:
     return hypervolume(points, (naive[f"{split}_stability_mean"], 0.0)) if points else 0.0
 
 
-def replayed(record: StudyRecord, plan: Any = None, noise: float = NOISE) -> tuple[Any, dict[str, str]]:
+def replayed(record: StudyRecord, plan: Any = None, noise: float = NOISE, reference: float | None = None,
+             min_share: float = MIN_SHARE, tasks: int | None = None) -> tuple[Any, dict[str, str]]:
     """The unpruned study's trials as the scheduler would have left them: each trial it stops becomes
     ``pruned``, its compute what it had spent at that rung. Returns (table, trial id -> where stopped).
     ``plan``: a :class:`RungPlan` whose grace period decides which rungs can stop a trial (a what-if);
-    None: the rungs' recorded ``decides`` (the sweep's own grace period). ``noise``: ``--prune-noise``."""
+    None: the rungs' recorded ``decides`` (the sweep's own grace period). ``noise``: ``--prune-noise``;
+    ``reference``, ``tasks`` and ``min_share``: the naive reference's final validation stability and the
+    sequence's length (what a sweep with references hands its scheduler; None: a sweep without) and
+    ``--prune-min-share``."""
     from sweep.tune.pruning import SuccessiveHalving, rung_label
 
     curves = []
@@ -279,7 +293,7 @@ def replayed(record: StudyRecord, plan: Any = None, noise: float = NOISE) -> tup
              _float(r["val_stability_std"]), _float(r["val_plasticity_std"]))
             for _, r in rows.iterrows()]
         curves.append((trial_id, recs))
-    stops = SuccessiveHalving(ETA, noise).replay(curves)
+    stops = SuccessiveHalving(ETA, noise, reference, tasks, min_share).replay(curves)
     table = record.trials.copy()
     where: dict[str, str] = {}
     for i, row in table.iterrows():
@@ -458,19 +472,24 @@ def analyze(w: Workload, studies: Sequence[StudyRecord], naive: dict[str, Any]) 
     unpruned = [s for s in studies if not s.pruned]
     by_key = {(s.sampler, s.seed): s for s in unpruned}
     replays: dict[str, Any] = {}
+    floor = float(naive["val_stability_mean"])  # what a sweep with references hands its scheduler
     for s in unpruned:
-        table, where = replayed(s)
+        table, where = replayed(s, reference=floor, tasks=w.tasks)
         result = compare(s.trials, table, naive)
         result.update(stopped_at=where, wall_s=s.wall_s, sampler=s.sampler, sampler_seed=s.seed,
                       rung_signal=rung_signal(s), hindsight=hindsight(s, naive))
         # what if the first decision came one epoch later (--prune-grace 2): a replay too, reported only
-        later, later_where = replayed(s, RungPlan(w.tasks, w.epochs, ETA, GRACE + 1))
+        later, later_where = replayed(s, RungPlan(w.tasks, w.epochs, ETA, GRACE + 1), reference=floor, tasks=w.tasks)
         what_if = compare(s.trials, later, naive)
         result[f"grace_{GRACE + 1}"] = {key: what_if[key] for key in WHAT_IF_KEYS} | {"stopped_at": later_where}
         # what the means alone would have done (--prune-noise 0, the rule before the noise): reported only
-        plain, plain_where = replayed(s, noise=0.0)
+        plain, plain_where = replayed(s, noise=0.0, reference=floor, tasks=w.tasks)
         what_if = compare(s.trials, plain, naive)
         result["noise_0"] = {key: what_if[key] for key in WHAT_IF_KEYS} | {"stopped_at": plain_where}
+        # the front exception alone (--prune-min-share 0, or a sweep without references): reported only
+        front_only, front_where = replayed(s, min_share=0.0)
+        what_if = compare(s.trials, front_only, naive)
+        result["min_share_0"] = {key: what_if[key] for key in WHAT_IF_KEYS} | {"stopped_at": front_where}
         replays[f"{s.sampler}-s{s.seed}"] = result
     real: dict[str, Any] = {}
     for s in (s for s in studies if s.pruned):
@@ -478,14 +497,18 @@ def analyze(w: Workload, studies: Sequence[StudyRecord], naive: dict[str, Any]) 
         if twin is None:
             continue
         result = compare(twin.trials, s.trials, naive)
-        noise = s.noise  # the rule it ran with: a sweep from before --prune-noise judged on the means alone
+        # the rule it ran with (a sweep from before --prune-noise judged on the means alone), and the floor its
+        # scheduler read from its own naive reference (a sweep from before the floor ran none)
+        noise, min_share, own = s.noise, s.min_share, s.naive_stability
         # the live scheduler's decisions against a replay of the pruned sweep's own rung records (start order)
-        _, predicted = replayed(StudyRecord(s.name, s.sampler, s.seed, False, s.wall_s, s.trials, s.rungs), noise=noise)
-        twin_table, _ = replayed(twin, noise=noise)
+        _, predicted = replayed(StudyRecord(s.name, s.sampler, s.seed, False, s.wall_s, s.trials, s.rungs),
+                                noise=noise, min_share=min_share, reference=own, tasks=w.tasks)
+        twin_table, _ = replayed(twin, noise=noise, min_share=min_share, reference=own, tasks=w.tasks)
         twin_replay = compare(twin.trials, twin_table, naive)
         actual = {str(r["trial_id"]) for _, r in s.trials.iterrows() if r["status"] == "pruned"}
         result.update(
-            wall_s=s.wall_s, sampler=s.sampler, sampler_seed=s.seed, noise=noise,
+            wall_s=s.wall_s, sampler=s.sampler, sampler_seed=s.seed, noise=noise, min_share=min_share,
+            naive_stability=own,
             replay_of_its_own_rungs={"stopped_live": len(actual), "stopped_in_replay": len(predicted),
                                      "agree": len(actual & set(predicted)) + sum(
                                          1 for t in s.trials["trial_id"] if t not in actual and t not in predicted),
@@ -534,7 +557,8 @@ def rows_for(w: Workload, result: dict[str, Any], trials: int) -> list[Row]:
                     "compute_to_95": v["compute_to_95"], "front_size": v["front_size"],
                     "front_trials_stopped": v["front_trials_stopped"],
                     "val_hv_lost_with_them": v["val_hv_lost_with_them"], "rung_signal": v["rung_signal"],
-                    f"grace_{GRACE + 1}": v[f"grace_{GRACE + 1}"], "hindsight": v["hindsight"],
+                    f"grace_{GRACE + 1}": v[f"grace_{GRACE + 1}"], "min_share_0": v["min_share_0"],
+                    "noise_0": v["noise_0"], "hindsight": v["hindsight"],
                     "wall_s": v["wall_s"]}
                 for k, v in tpe.items()}
     rows.append(Row(

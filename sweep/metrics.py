@@ -1,4 +1,5 @@
-"""Forgetting metrics: pure functions of the accuracy matrix, exactly as docs/design.md defines them.
+"""Forgetting metrics: pure functions of the accuracy matrix, exactly as docs/design.md defines them; and the
+2-D hypervolume of (stability, plasticity) points, which the analysis and the pruning scheduler both measure with.
 
 ``R`` is a (T, T) array with ``R[t, i]`` = accuracy on task i after training through task t
 (0-based here; docs/design.md counts from 1). ``initial`` is the (T,) accuracy of the untrained model.
@@ -6,6 +7,8 @@ Nothing here knows about torch, and nothing changes its input.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -88,3 +91,33 @@ def all_metrics(R: ArrayLike, initial: ArrayLike) -> dict[str, float]:
         "forgetting": forgetting(R),
         "retention": mean_retention(R),
     }
+
+
+def hypervolume(points: np.ndarray | Sequence[Sequence[float]], ref: tuple[float, float]) -> float:
+    """Exact 2-D hypervolume (area) dominated by ``points`` and dominating ``ref``, both maximised.
+
+    Points not strictly better than ``ref`` in both objectives, and non-finite points, add nothing.
+
+    Args:
+        points: ``(n, 2)`` array of (x, y).
+        ref: The reference point (x, y), e.g. (naive's stability, 0 plasticity).
+
+    Returns:
+        The area, in the objectives' units squared.
+    """
+    array = np.asarray(points, dtype=float)
+    if array.size == 0:
+        return 0.0
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(f"hypervolume expects (n, 2) points, got shape {array.shape}")
+    rx, ry = float(ref[0]), float(ref[1])
+    array = array[np.isfinite(array).all(axis=1) & (array[:, 0] > rx) & (array[:, 1] > ry)]
+    if len(array) == 0:
+        return 0.0
+    array = array[np.lexsort((-array[:, 1], -array[:, 0]))]  # x descending
+    area, top = 0.0, ry
+    xs = np.append(array[:, 0], rx)
+    for k in range(len(array)):
+        top = max(top, array[k, 1])  # the height over (x[k+1], x[k]] is the best y to its right
+        area += (xs[k] - xs[k + 1]) * (top - ry)
+    return float(area)

@@ -18,6 +18,7 @@ from sweep.analysis.io import load_study
 from sweep.analysis.pareto import pareto_front
 from sweep.config import TrainConfig
 from sweep.data.benchmarks import build_benchmark
+from sweep.metrics import hypervolume
 from sweep.results.store import StudyStore
 from sweep.train.trainer import EpochReport, TaskReport, iter_sequence
 from sweep.tune.driver import resumed_halving
@@ -134,6 +135,64 @@ def test_a_difference_within_the_seeds_noise_stops_nothing_and_a_larger_one_does
     assert SuccessiveHalving(eta=2, noise=0.0).replay(curves) == {"a": None, "b": (2, None)}
 
 
+def test_with_the_naive_reference_a_trial_that_forgets_more_than_naive_stops_whatever_its_rank():
+    """The hypervolume counts nothing below naive's stability: such a trial stops even as a rung's extreme
+    (infinite crowding distance, the top rank), unless --prune-min-share 0 or the sweep has no naive reference."""
+    def most_plastic_goes_on(**kwargs: float | None) -> bool:
+        halving = SuccessiveHalving(eta=3, noise=0.5, reference_task=2, **kwargs)
+        for i, point in enumerate([(0.95, 0.5), (0.9, 0.6)]):
+            assert halving.decide(f"t{i}", 2, 1, point).keep
+        return halving.decide("plastic", 2, 1, (0.6, 0.95), spread=(0.02, 0.0)).keep  # on the front, an extreme
+
+    assert not most_plastic_goes_on(reference=0.62)  # 0.6 + 0.5 * 0.02 = 0.61: at most naive's 0.62
+    assert most_plastic_goes_on(reference=0.605)  # its seeds' spread lifts it above: 0.9 % of the area
+    assert most_plastic_goes_on(reference=0.62, min_share=0.0)
+    assert most_plastic_goes_on(reference=None)
+    halving = SuccessiveHalving(eta=3, reference=0.62, reference_task=3)
+    for task in (2, 3):
+        halving.decide(f"t0-{task}", task, 1, (0.95, 0.5))
+    # in an earlier task stability is over fewer old tasks: naive's final value is no floor there
+    assert halving.decide("plastic", 2, 1, (0.6, 0.8)).keep
+    decision = halving.decide("plastic", 3, 1, (0.6, 0.8))
+    assert not decision.keep and "retains no more than the naive reference" in decision.reason(3, 3, 1)
+    assert halving.decide("graced", 3, 1, (0.6, 0.8), decides=False).keep  # inside the grace period: recorded
+
+
+def test_a_front_trial_adding_a_sliver_of_the_rungs_hypervolume_goes_on_only_by_its_rank():
+    """A near-copy of its neighbours on a rung's front adds next to nothing to it: it goes on only if its rank
+    says so (a front's two extremes always rank first, by their infinite crowding distance)."""
+    peers = [(0.97, 0.60), (0.90, 0.70), (0.80, 0.75), (0.975, 0.55)]
+
+    def judged(point: tuple[float, float], **kwargs: float | None) -> tuple[bool, bool]:
+        halving = SuccessiveHalving(eta=3, noise=0.0, **{"reference_task": 2, **kwargs})
+        for i, peer in enumerate(peers):
+            halving.decide(f"t{i}", 2, 1, peer)
+        decision = halving.decide("new", 2, 1, point)
+        if not decision.keep:
+            assert decision.reason(3, 2, 1).startswith("on the front at task 2 epoch 1 adding 0.03% of its")
+        return decision.keep, decision.on_front
+
+    sliver = (0.972, 0.58)  # between (0.975, 0.55) and (0.97, 0.60): adds 0.03 % of the rung's area
+    assert judged(sliver, reference=0.67, min_share=0.005) == (False, False)
+    assert judged(sliver, reference=0.67, min_share=0.0) == (True, True)  # the front exception alone
+    assert judged(sliver, reference=None) == (True, True)
+    assert judged((0.93, 0.68), reference=0.67) == (True, True)  # a real trade-off: 1.9 % of the area
+    assert judged(sliver, reference=0.67, reference_task=3) == (True, True)  # task 2 is not the last here
+    # a front trial that adds its share at every rung is never stopped, whatever arrives first
+    rng = random.Random(1)
+    for _ in range(30):
+        halving = SuccessiveHalving(eta=rng.choice([2.0, 3.0]), noise=0.0, reference=0.3, reference_task=2,
+                                    min_share=0.005)
+        for i in range(rng.randint(3, 15)):
+            point = (rng.uniform(0.2, 1.0), rng.random())
+            at = list(halving.recorded.get((2, 1), {}).values())
+            total = hypervolume([*at, point], (0.3, 0.0))
+            adds = point[0] > 0.3 and total > 0 and total - hypervolume(at, (0.3, 0.0)) >= 0.005 * total
+            on_front = not any(dominates(p, point) for p in at)
+            decision = halving.decide(f"t{i}", 2, 1, point)
+            assert decision.keep or not (on_front and adds)
+
+
 # --- what a trial reports and counts
 def _config(**changes) -> TrainConfig:
     return TrainConfig(benchmark="split-digits", scenario="task", strategy="naive", epochs=3, batch_size=64,
@@ -228,6 +287,18 @@ def test_resumed_scheduler_holds_what_recorded_search_trials_reported(tmp_path: 
     halving = resumed_halving(StudyStore(tmp_path), eta=2)
     assert set(halving.recorded[(2, 1 << 30)]) == {"a"}  # the references are never judged, nor judge
     assert not halving.decide("new", 2, None, (0.5, 0.5)).keep
+    assert halving.reference is None  # the naive row holds no final stability here: no floor
+
+
+def test_the_resumed_scheduler_measures_against_the_naive_references_final_stability(tmp_path: Path):
+    store = StudyStore(tmp_path)
+    base = {"study": "s", "status": "finished", "strategy": "ewc", "benchmark": "b", "scenario": "task",
+            "model": "mlp", "num_tasks": 3, "n_seeds": 1, "seeds": "0", "config": "{}"}
+    store.add({**base, "trial_id": "naive", "role": "naive", "val_stability_mean": 0.64,
+               "val_plasticity_mean": 0.9}, [], [])
+    halving = resumed_halving(StudyStore(tmp_path), eta=3, noise=0.5, min_share=0.01, num_tasks=2)
+    assert (halving.reference, halving.reference_task, halving.min_share, halving.noise) == (0.64, 2, 0.01, 0.5)
+    assert not halving.decide("forgets", 2, 1, (0.6, 0.9)).keep  # the first at its rung, and still stopped
 
 
 # --- a real pruned sweep
@@ -317,6 +388,9 @@ def test_prune_options_are_checked_before_anything_starts(tmp_path: Path):
     for extra, needle in ((["--prune", "--prune-eta", "1"], "--prune-eta must be a number in (1, 100]"),
                           (["--prune", "--prune-grace", "0"], "--prune-grace must be in 1..100000"),
                           (["--prune", "--prune-noise", "-1"], "--prune-noise must be a number of stds"),
+                          (["--prune", "--prune-min-share", "0.9"], "--prune-min-share must be a share of a rung"),
+                          (["--prune", "--prune-min-share", "nan"], "--prune-min-share"),
+                          (["--prune-min-share", "0"], "pass --prune as well"),
                           (["--prune-eta", "2"], "pass --prune as well"),
                           (["--prune-noise", "1"], "pass --prune as well")):
         out = run_cli("run", "--trials", "1", "--results", str(tmp_path), *extra)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from sweep.errors import ConfigError
+from sweep.metrics import hypervolume as hypervolume  # re-exported: the scheduler (sweep.tune.pruning) uses it too
 from sweep.results import schema
 
 STABILITY = schema.metric_column("val", "stability")
@@ -132,33 +133,3 @@ def front_table(
     table["on_front"] = pareto_front(df, x, y, roles)
     table["clearly_dominated"] = clearly_dominated(df, x, y, roles)
     return table
-
-
-def hypervolume(points: np.ndarray | Sequence[Sequence[float]], ref: tuple[float, float]) -> float:
-    """Exact 2-D hypervolume (area) dominated by ``points`` and dominating ``ref``, both maximised.
-
-    Points not strictly better than ``ref`` in both objectives, and non-finite points, add nothing.
-
-    Args:
-        points: ``(n, 2)`` array of (x, y).
-        ref: The reference point (x, y), e.g. (naive's stability, 0 plasticity).
-
-    Returns:
-        The area, in the objectives' units squared.
-    """
-    array = np.asarray(points, dtype=float)
-    if array.size == 0:
-        return 0.0
-    if array.ndim != 2 or array.shape[1] != 2:
-        raise ValueError(f"hypervolume expects (n, 2) points, got shape {array.shape}")
-    rx, ry = float(ref[0]), float(ref[1])
-    array = array[np.isfinite(array).all(axis=1) & (array[:, 0] > rx) & (array[:, 1] > ry)]
-    if len(array) == 0:
-        return 0.0
-    array = array[np.lexsort((-array[:, 1], -array[:, 0]))]  # x descending
-    area, top = 0.0, ry
-    xs = np.append(array[:, 0], rx)
-    for k in range(len(array)):
-        top = max(top, array[k, 1])  # the height over (x[k+1], x[k]] is the best y to its right
-        area += (xs[k] - xs[k + 1]) * (top - ry)
-    return float(area)

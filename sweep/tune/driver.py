@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import shutil
 import sys
@@ -41,7 +42,7 @@ from sweep.tune.options import (
     validate_options,
 )
 from sweep.tune.prefix_cache import WEIGHT_FILES, file_digest
-from sweep.tune.pruning import DEFAULT_NOISE, SuccessiveHalving, tune_scheduler
+from sweep.tune.pruning import DEFAULT_MIN_SHARE, DEFAULT_NOISE, SuccessiveHalving, tune_scheduler
 from sweep.tune.ray_session import check_resources, init_ray, starts_own_ray, without_callback_census
 from sweep.tune.search_space import SearchSpace, load_space, space_path
 from sweep.tune.searcher import optuna_searcher
@@ -118,7 +119,8 @@ def _study_meta(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study
             "space_sha256": hashlib.sha256(Path(space.path).read_bytes()).hexdigest(),
             "base_config": base, "seeds": list(range(o.seeds)), "objective": o.objective,
             "min_plasticity": o.min_plasticity, "sampler": o.sampler,
-            "prune": {"eta": o.prune_eta, "grace": o.prune_grace, "noise": o.prune_noise} if o.prune else None,
+            "prune": {"eta": o.prune_eta, "grace": o.prune_grace, "noise": o.prune_noise,
+                      "min_share": o.prune_min_share} if o.prune else None,
             "protocol": protocol_meta(o),  # first-tasks K: the trials ran on the first K tasks only
             # the checkpoints' contents, not only their paths: a file replaced since is refused on --resume
             "weights_sha256": {key: file_digest(base[key]) for key in WEIGHT_FILES if base.get(key)},
@@ -321,7 +323,7 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
         scheduler: dict[str, Any] = {}
         if o.prune:  # only the search's trials: the references always finish
             _warn_without_rungs(o, base, num_tasks)
-            sink.halving = resumed_halving(store, o.prune_eta, o.prune_noise)
+            sink.halving = resumed_halving(store, o.prune_eta, o.prune_noise, o.prune_min_share, num_tasks)
             scheduler = {"scheduler": tune_scheduler(sink.halving)}
         fit("search", setup, tune_config=tune.TuneConfig(
             search_alg=searcher, num_samples=remaining, reuse_actors=True,
@@ -329,10 +331,16 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     return count_trials(study_dir, o.trials + len(("naive", "joint")) * o.references)
 
 
-def resumed_halving(store: StudyStore, eta: float, noise: float = DEFAULT_NOISE) -> SuccessiveHalving:
+def resumed_halving(store: StudyStore, eta: float, noise: float = DEFAULT_NOISE,
+                    min_share: float = DEFAULT_MIN_SHARE, num_tasks: int | None = None) -> SuccessiveHalving:
     """The scheduler of a --prune search, holding what the study's recorded search trials reported at each
-    rung: a resumed sweep judges its new trials against them as the killed one would have."""
-    halving = SuccessiveHalving(eta, noise)
+    rung: a resumed sweep judges its new trials against them as the killed one would have. Its reference is
+    the naive reference's final validation stability, the hypervolume's floor at the rungs of the trials'
+    last task, ``num_tasks`` (none without references)."""
+    naive = next((row for row in store.trials if row["role"] == "naive" and row["status"] == "finished"), None)
+    reference = None if naive is None else naive.get("val_stability_mean")
+    reference = float(reference) if isinstance(reference, (int, float)) and math.isfinite(reference) else None
+    halving = SuccessiveHalving(eta, noise, reference, num_tasks, min_share)
     search = {row["trial_id"] for row in store.trials if row["role"] == "search"}
     for row in store.rungs:
         if row["trial_id"] in search and row["val_stability_mean"] is not None:

@@ -30,6 +30,7 @@ MIN_RESOURCE = 1e-4  # Ray counts CPUs and GPUs in steps of 0.0001: less is no s
 MAX_ETA = 100.0  # at eta 100 only the front of a rung goes on
 MAX_GRACE = 100_000  # epochs
 MAX_NOISE = 10.0  # stds over seeds: beyond a few, nothing at a rung is ever stopped
+MAX_MIN_SHARE = 0.5  # of a rung's hypervolume: a front trial adding half of it is half the front
 MAX_STUDY_NAME = 128  # characters; a folder name may hold 255 bytes on most filesystems
 
 
@@ -60,11 +61,14 @@ class SweepOptions:
     protocol_tasks: int | None = None
     # stop trials dominated at a rung (sweep.tune.pruning): the top 1/prune_eta of the trials at a rung go on,
     # none is stopped before prune_grace epochs past task 1; its values count prune_noise stds over seeds better
-    # when it is judged on the rung's front
+    # when it is judged on the rung's front; with the naive reference, a trial retaining no more than naive
+    # does at the end stops, and a front trial goes on by the front only if it adds prune_min_share of the
+    # rung's hypervolume
     prune: bool = False
     prune_eta: float = 3.0
     prune_grace: int = 1
     prune_noise: float = 0.5
+    prune_min_share: float = 0.005
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractional: 0.25 puts four trials on one GPU
     max_concurrent: int | None = None  # None: as many as the resources allow
@@ -127,10 +131,14 @@ def validate_options(o: SweepOptions) -> None:
     if not _number(o.prune_noise) or not 0.0 <= o.prune_noise <= MAX_NOISE:
         raise ConfigError(f"--prune-noise must be a number of stds over seeds in [0, {MAX_NOISE:g}], "
                           f"got {o.prune_noise!r}")
+    if not _number(o.prune_min_share) or not 0.0 <= o.prune_min_share <= MAX_MIN_SHARE:
+        raise ConfigError(f"--prune-min-share must be a share of a rung's hypervolume in [0, {MAX_MIN_SHARE:g}], "
+                          f"got {o.prune_min_share!r}")
     if not o.prune and (o.prune_eta != SweepOptions.prune_eta or o.prune_grace != SweepOptions.prune_grace
-                        or o.prune_noise != SweepOptions.prune_noise):
-        raise ConfigError("--prune-eta, --prune-grace and --prune-noise set how --prune stops trials; "
-                          "pass --prune as well")
+                        or o.prune_noise != SweepOptions.prune_noise
+                        or o.prune_min_share != SweepOptions.prune_min_share):
+        raise ConfigError("--prune-eta, --prune-grace, --prune-noise and --prune-min-share set how --prune stops "
+                          "trials; pass --prune as well")
     if not _number(o.min_plasticity) or not 0.0 < o.min_plasticity <= 1.0:
         raise ConfigError(f"--min-plasticity must be in (0, 1], got {o.min_plasticity}")
     _check_resource("--cpus-per-trial", o.cpus_per_trial, zero=False)
