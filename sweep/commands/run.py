@@ -52,9 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "over its seeds, so a difference within the seeds' noise stops nothing; 0: the means alone; "
            "in [0, 10] (default: 0.5)")
     a("--prune-min-share", type=_float("--prune-min-share"), default=0.005, metavar="S",
-      help="with --prune and the naive reference: a trial retaining no more than naive does at the end stops, "
-           "and a trial on a rung's front goes on for that alone only if it adds S of the rung's hypervolume "
-           "against (naive's stability, 0); 0: every front trial goes on; in [0, 0.5] (default: 0.005)")
+      help="with --prune and the naive reference, at the rungs inside the last task: a trial retaining no more "
+           "than naive does at the end stops, and a trial on a rung's front goes on for that alone only if it "
+           "adds S of the rung's hypervolume against (naive's stability, 0); 0: neither rule, every front trial "
+           "goes on; in [0, 0.5] (default: 0.005)")
     a("--protocol", nargs="+", default=None, metavar="PROTOCOL",
       help="when hyperparameters are selected (Lee et al. 2024): end, on every task's validation data; "
            "first-tasks K, every trial trains and is judged on the first K tasks only (2 <= K < tasks), what a "

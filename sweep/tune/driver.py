@@ -119,8 +119,9 @@ def _study_meta(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study
             "space_sha256": hashlib.sha256(Path(space.path).read_bytes()).hexdigest(),
             "base_config": base, "seeds": list(range(o.seeds)), "objective": o.objective,
             "min_plasticity": o.min_plasticity, "sampler": o.sampler,
+            # references: whether the scheduler has naive's stability as its floor (a resume must agree)
             "prune": {"eta": o.prune_eta, "grace": o.prune_grace, "noise": o.prune_noise,
-                      "min_share": o.prune_min_share} if o.prune else None,
+                      "min_share": o.prune_min_share, "references": o.references} if o.prune else None,
             "protocol": protocol_meta(o),  # first-tasks K: the trials ran on the first K tasks only
             # the checkpoints' contents, not only their paths: a file replaced since is refused on --resume
             "weights_sha256": {key: file_digest(base[key]) for key in WEIGHT_FILES if base.get(key)},
@@ -324,6 +325,10 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
         if o.prune:  # only the search's trials: the references always finish
             _warn_without_rungs(o, base, num_tasks)
             sink.halving = resumed_halving(store, o.prune_eta, o.prune_noise, o.prune_min_share, num_tasks)
+            if sink.halving.reference is None and o.prune_min_share > 0 and not o.quiet:
+                print("sweep run: --prune has no naive reference to measure against (--no-references, or it did "
+                      "not finish): in the last task, trials on a rung's front all go on, as with "
+                      "--prune-min-share 0", file=sys.stderr, flush=True)
             scheduler = {"scheduler": tune_scheduler(sink.halving)}
         fit("search", setup, tune_config=tune.TuneConfig(
             search_alg=searcher, num_samples=remaining, reuse_actors=True,

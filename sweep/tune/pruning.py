@@ -17,19 +17,19 @@ ranked against the trials that reached that rung before it, and continues only i
 the top ``1/eta`` of them. It never waits for a trial that has not reached the rung, so the first
 trials to arrive are judged against few peers (as in ASHA; Ray's ASHA stops a trial below the
 rung's ``1 - 1/eta`` quantile of the values recorded so far, and this is the same rule on ranks).
-A trial on the rung's non-dominated front always continues, however many share the front: it is
-the best known trade-off for some preference, and stopping it could only lose front.
+A trial on the rung's non-dominated front continues, however many share the front: it is the best
+known trade-off for some preference, and stopping it could only lose front (the front exception).
+In the last task, with the naive reference, the hypervolume's floor below narrows that exception.
 
 **Noise.** A rung's values are means over a few seeds, and early rungs separate settings by less than
 the seeds disagree (after task 2 of a 5-task Split-MNIST, most EWC settings retain task 1 at 98.5-100 %).
 Ranked on the means alone, a setting that ends on the front is stopped at such a rung for a
 difference that does not last. So a trial is judged on the front when no peer dominates its
 *optimistic* values, mean + ``noise`` × its std over seeds (an upper confidence bound, as in
-bandit-based early stopping): it is stopped only when a peer beats it by more than its own seeds
-vary. Replayed on the benchmark's six recorded sweeps (docs/pruning.md), ``noise=0.5`` kept every
-late bloomer of the task sequences (test hypervolume 0.961 -> 0.999 in the seed that lost them) for
-77 % instead of 54 % of the compute; ``noise=0`` is the plain rule. With one seed there is no std: the
-means decide.
+bandit-based early stopping): a peer must beat it by more than its own seeds vary. Replayed on the
+benchmark's six recorded sweeps (docs/pruning.md), ``noise=0.5`` kept every late bloomer of the task
+sequences (test hypervolume 0.961 -> 0.999 in the seed that lost them) for 77 % instead of 54 % of the
+compute; ``noise=0`` is the plain rule. With one seed there is no std: the means decide.
 
 **The hypervolume's region.** The front a study is judged by is its hypervolume against (the naive
 reference's final validation stability, 0) (sweep.analysis): a point retaining no more than plain
@@ -188,16 +188,17 @@ class Decision:
     rank: int  # 1-based place at the rung among the trials that reached it so far, this one included
     of: int
     on_front: bool  # goes on by the front exception (on the rung's front, adding its share of the hypervolume)
-    below: float | None = None  # stopped for retaining no more than this reference stability
-    share: float | None = None  # on the rung's front, it adds only this share of the rung's hypervolume
+    below: tuple[float, float] | None = None  # stopped below the floor: (its optimistic stability, the floor)
+    share: tuple[float, float] | None = None  # on the front, adding too little: (its share, the share asked)
 
     def reason(self, eta: float, task: int, epoch: int | None) -> str:
         if self.below is not None:
             return (f"at {rung_label(task, epoch)} it retains no more than the naive reference does at the end "
-                    f"(stability at most {self.below:.4g})")
+                    f"(stability {self.below[0]:.4g}, raised by the noise; naive's {self.below[1]:.4g})")
         ranked = f"rank {self.rank} of {self.of}, top 1/{eta:g} go on"
         if self.share is not None:
-            return f"on the front at {rung_label(task, epoch)} adding {self.share:.2%} of its hypervolume: {ranked}"
+            return (f"on the front at {rung_label(task, epoch)} adding {self.share[0]:.3%} of the rung's "
+                    f"hypervolume (under {self.share[1]:.3%}): {ranked}")
         return f"dominated at {rung_label(task, epoch)}: {ranked}"
 
 
@@ -216,6 +217,10 @@ class SuccessiveHalving:
     min_share: float = DEFAULT_MIN_SHARE  # of the rung's hypervolume a front trial must add to go on by the front
     recorded: dict[RungKey, dict[str, tuple[float, float]]] = field(default_factory=dict)
     stopped: dict[str, tuple[int, int | None, Decision]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.reference is not None and not math.isfinite(self.reference):
+            self.reference = None  # a naive value that is no number is no floor (NaN would make every share 0)
 
     def record(self, trial_id: str, task: int, epoch: int | None, values: Sequence[float]) -> None:
         self.recorded.setdefault(rung_key(task, epoch), {}).setdefault(trial_id, (float(values[0]), float(values[1])))
@@ -242,8 +247,9 @@ class SuccessiveHalving:
         share = _share(optimistic, peers, floor) if nondominated and floor is not None else None
         on_front = nondominated and (share is None or share >= self.min_share)
         keep = not decides or (not below and (on_front or rank < len(points) / self.eta))
-        decision = Decision(keep, rank + 1, len(points), on_front, floor if below and decides else None,
-                            share if nondominated and not on_front else None)
+        decision = Decision(keep, rank + 1, len(points), on_front,
+                            (optimistic[0], floor) if below and floor is not None else None,
+                            (share, self.min_share) if share is not None and not on_front else None)
         if not keep:
             self.stopped[trial_id] = (task, epoch, decision)
         return decision

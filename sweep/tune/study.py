@@ -33,6 +33,8 @@ def check_resume(study_dir: Path, meta: dict[str, Any]) -> None:
         old["prune"] = {**old["prune"], "noise": 0.0}
     if isinstance(old.get("prune"), dict) and "min_share" not in old["prune"]:  # before --prune-min-share: 0
         old["prune"] = {**old["prune"], "min_share": 0.0}
+    if isinstance(old.get("prune"), dict) and isinstance(meta.get("prune"), dict) and "references" not in old["prune"]:
+        old["prune"] = {**old["prune"], "references": meta["prune"].get("references")}  # not recorded before the floor
     _legacy_values(old)
     # the protocol: a study from before it recorded none selected at the end of the sequence (None, as "end")
     for key in ("strategy", "base_config", "seeds", "objective", "space_sha256", "protocol", *optional):
