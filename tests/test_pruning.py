@@ -3,6 +3,7 @@ compute a trial counts, and a real pruned sweep recorded honestly (Parquet, Optu
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -385,6 +386,31 @@ def test_a_pruned_sweep_killed_and_resumed_records_every_trial_once_and_pruned_o
     assert set(before.trial_id) <= set(after.trial_id)
     kept = after.set_index("trial_id").loc[before.trial_id]
     assert (kept.status.to_numpy() == before.status.to_numpy()).all()  # recorded once, as it ended
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_pruned_sweep_with_references_stops_a_trial_that_forgets_more_than_naive(tmp_path: Path):
+    """The floor, live: the sweep runs the naive reference first and hands its final validation stability to
+    the scheduler, which stops, at an epoch rung of the last task, a trial already retaining less."""
+    space = tmp_path / "space.yaml"
+    space.write_text("strategy: ewc\nfixed:\n  epochs: 3\n  batch_size: 32\n  lr: 1.0e-3\n  ewc_lambda: 1.0e-3\n"
+                     "params:\n  finetune_lr: {type: categorical, choices: [1.0e-4, 0.3]}\n")
+    out = run_cli("run", "--strategy", "ewc", "--space", str(space), "--num-tasks", "2", "--seeds", "1",
+                  "--trials", "4", "--prune", "--sampler", "random", "--max-concurrent", "2", "--results",
+                  str(tmp_path), "--study", "floor", "--quiet", timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = tmp_path / "floor"
+    df = pq.read_table(study / "trials.parquet").to_pandas()
+    naive = float(df[df.role == "naive"].val_stability_mean.iloc[0])
+    below = df[df.reason.fillna("").str.contains("retains no more than the naive reference")]
+    assert len(below) >= 1 and (below.status == "pruned").all()  # the 0.3 learning rate forgets task 1
+    assert (below.pruned_task == 2).all() and (below.pruned_epoch == 1).all()
+    assert (below.partial_val_stability_mean <= naive).all()
+    assert (below.hp_finetune_lr == 0.3).all()
+    assert _optuna_states(study)[below.trial_id.iloc[0]] == "PRUNED"
+    meta = json.loads((study / "study.json").read_text())["prune"]
+    assert meta["references"] is True and meta["min_share"] == 0.005
 
 
 def test_prune_options_are_checked_before_anything_starts(tmp_path: Path):
