@@ -413,6 +413,27 @@ def test_a_pruned_sweep_with_references_stops_a_trial_that_forgets_more_than_nai
     assert meta["references"] is True and meta["min_share"] == 0.005
 
 
+def test_a_pruned_study_resumes_only_under_the_floor_it_was_judged_by(tmp_path: Path):
+    """A study pruned before --prune-min-share was judged by the front exception alone: it resumes with
+    --prune-min-share 0, not the default; and a resume must agree on whether references set the floor."""
+    from sweep.errors import ConfigError
+    from sweep.tune.study import check_resume
+
+    meta = {"strategy": "ewc", "base_config": {"epochs": 5}, "seeds": [0, 1], "objective": "pareto",
+            "space_sha256": "x", "weights_sha256": {}, "sampler": "tpe", "protocol": None,
+            "writes": {"in_study": ["cache", "ray"], "storage": None},
+            "prune": {"eta": 3.0, "grace": 1, "noise": 0.5, "min_share": 0.005, "references": True}}
+    old = {**meta, "prune": {"eta": 3.0, "grace": 1, "noise": 0.5}}  # before the floor: neither key recorded
+    (tmp_path / "study.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="min_share is 0.005 here, 0.0 in the study"):
+        check_resume(tmp_path, meta)
+    check_resume(tmp_path, {**meta, "prune": {**meta["prune"], "min_share": 0.0}})
+    (tmp_path / "study.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="references is False here, True in the study"):
+        check_resume(tmp_path, {**meta, "prune": {**meta["prune"], "references": False}})
+    check_resume(tmp_path, meta)
+
+
 def test_prune_options_are_checked_before_anything_starts(tmp_path: Path):
     for extra, needle in ((["--prune", "--prune-eta", "1"], "--prune-eta must be a number in (1, 100]"),
                           (["--prune", "--prune-grace", "0"], "--prune-grace must be in 1..100000"),
