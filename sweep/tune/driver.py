@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import shutil
 import sys
@@ -312,7 +311,7 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
         fit("references", setup, param_space={"role": tune.grid_search(missing_refs)},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=o.max_concurrent))
     if o.objective == "constrained":
-        naive = next((row for row in store.trials if row["role"] == "naive" and row["status"] == "finished"), None)
+        naive = finished_naive(store)
         if naive is None:
             raise SweepError("the constrained objective needs the naive reference, which did not finish")
         setup = {**setup, "objective": {"min_plasticity": o.min_plasticity * naive["val_plasticity_mean"]}}
@@ -336,16 +335,22 @@ def _run(o: SweepOptions, space: SearchSpace, base: dict[str, Any], study: str, 
     return count_trials(study_dir, o.trials + len(("naive", "joint")) * o.references)
 
 
+def finished_naive(store: StudyStore) -> dict[str, Any] | None:
+    """The study's finished naive reference row, if it has one."""
+    return next((row for row in store.trials if row["role"] == "naive" and row["status"] == "finished"), None)
+
+
 def resumed_halving(store: StudyStore, eta: float, noise: float = DEFAULT_NOISE,
                     min_share: float = DEFAULT_MIN_SHARE, num_tasks: int | None = None) -> SuccessiveHalving:
     """The scheduler of a --prune search, holding what the study's recorded search trials reported at each
     rung: a resumed sweep judges its new trials against them as the killed one would have. Its reference is
     the naive reference's final validation stability, the hypervolume's floor at the rungs of the trials'
     last task, ``num_tasks`` (none without references)."""
-    naive = next((row for row in store.trials if row["role"] == "naive" and row["status"] == "finished"), None)
+    naive = finished_naive(store)
     reference = None if naive is None else naive.get("val_stability_mean")
-    reference = float(reference) if isinstance(reference, (int, float)) and math.isfinite(reference) else None
-    halving = SuccessiveHalving(eta, noise, reference, num_tasks, min_share)
+    # a NaN is turned into no floor by SuccessiveHalving itself
+    halving = SuccessiveHalving(eta, noise, float(reference) if isinstance(reference, (int, float)) else None,
+                                num_tasks, min_share)
     search = {row["trial_id"] for row in store.trials if row["role"] == "search"}
     for row in store.rungs:
         if row["trial_id"] in search and row["val_stability_mean"] is not None:
